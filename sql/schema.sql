@@ -1,0 +1,435 @@
+-- dreamcatcher_pg schema: the append-only delta log, frames, the projected
+-- (versioned) state, quarantine, the notification triggers and the fence.
+--
+-- Safe to run twice: every object is created IF NOT EXISTS or OR REPLACE.
+-- Works on PostgreSQL 15 and later.
+
+CREATE SCHEMA IF NOT EXISTS dreamcatcher;
+
+-- ---------------------------------------------------------------------------
+-- Worlds: one independent log + state each. Configuration lives here.
+-- `horizon` is the highest frame the merger has claimed for merging: a delta
+-- for a frame at or below it is late. It only ever grows.
+-- ---------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS dreamcatcher.worlds (
+    world            text        PRIMARY KEY CHECK (world <> '' AND length(world) <= 200),
+    late_policy      text        NOT NULL DEFAULT 'reject' CHECK (late_policy IN ('reject', 'defer')),
+    expected_streams text[]      NOT NULL DEFAULT '{}',
+    close_after      interval    NOT NULL DEFAULT interval '60 seconds',
+    horizon          bigint,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---------------------------------------------------------------------------
+-- The log. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE, and
+-- the privileges are revoked from PUBLIC.
+-- `late` is true for a delta accepted under the `defer` policy after its frame
+-- closed; it is merged into the next frame to merge (see deferred_log).
+-- ---------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS dreamcatcher.delta_log (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
+    world       text        NOT NULL,
+    frame       bigint      NOT NULL CHECK (frame >= 0),
+    stream_id   text        NOT NULL CHECK (stream_id <> '' AND length(stream_id) <= 200),
+    utc         timestamptz NOT NULL,
+    payload     jsonb       NOT NULL CHECK (jsonb_typeof(payload) = 'object'),
+    late        boolean     NOT NULL DEFAULT false,
+    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (world, frame, stream_id, utc)
+);
+CREATE INDEX IF NOT EXISTS delta_log_late ON dreamcatcher.delta_log (world) WHERE late;
+
+REVOKE UPDATE, DELETE, TRUNCATE ON dreamcatcher.delta_log FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_log_is_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'dreamcatcher.delta_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'DCA01',
+              HINT = 'Deltas are never changed or removed; write a new delta instead.';
+END $$;
+
+
+CREATE OR REPLACE TRIGGER delta_log_append_only
+    BEFORE UPDATE OR DELETE ON dreamcatcher.delta_log
+    FOR EACH ROW EXECUTE FUNCTION dreamcatcher.tg_log_is_append_only();
+
+CREATE OR REPLACE TRIGGER delta_log_no_truncate
+    BEFORE TRUNCATE ON dreamcatcher.delta_log
+    FOR EACH STATEMENT EXECUTE FUNCTION dreamcatcher.tg_log_is_append_only();
+
+-- ---------------------------------------------------------------------------
+-- Frames: open -> closed -> merged.
+-- ---------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS dreamcatcher.frame_log (
+    world        text        NOT NULL,
+    frame        bigint      NOT NULL CHECK (frame >= 0),
+    status       text        NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed', 'merged')),
+    opened_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    closed_at    timestamptz,
+    close_reason text,
+    merged_at    timestamptz,
+    delta_count  bigint,
+    state_acc    numeric,
+    state_hash   text,
+    stats        jsonb,
+    PRIMARY KEY (world, frame)
+);
+CREATE INDEX IF NOT EXISTS frame_log_pending ON dreamcatcher.frame_log (world, frame)
+    WHERE status <> 'merged';
+
+-- Late deltas merged into a later frame (policy `defer`): which merge took them.
+CREATE TABLE IF NOT EXISTS dreamcatcher.deferred_log (
+    world     text        NOT NULL,
+    frame     bigint      NOT NULL,
+    stream_id text        NOT NULL,
+    utc       timestamptz NOT NULL,
+    merged_in bigint      NOT NULL,
+    PRIMARY KEY (world, frame, stream_id, utc)
+);
+CREATE INDEX IF NOT EXISTS deferred_log_merged_in ON dreamcatcher.deferred_log (world, merged_in);
+
+-- Every attempt to write into a frame that was already closed.
+CREATE TABLE IF NOT EXISTS dreamcatcher.late_log (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    world        text        NOT NULL,
+    frame        bigint      NOT NULL,
+    stream_id    text        NOT NULL,
+    utc          timestamptz NOT NULL,
+    policy       text        NOT NULL,
+    payload      jsonb       NOT NULL,
+    attempted_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS late_log_world ON dreamcatcher.late_log (world, frame);
+
+-- ---------------------------------------------------------------------------
+-- Projected state, versioned: one row per version of an entity. The current
+-- state is valid_to IS NULL; the state right after frame F is
+-- valid_from <= F AND (valid_to IS NULL OR valid_to > F).
+-- kind: post | agent | comment | reaction | chapter | book | observation.
+-- ekey: the entity's dedupe key as text (see merge_frame).
+-- ---------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS dreamcatcher.entity_versions (
+    world       text   NOT NULL,
+    kind        text   NOT NULL,
+    ekey        text   NOT NULL,
+    data        jsonb  NOT NULL,
+    first_frame bigint NOT NULL,
+    valid_from  bigint NOT NULL,
+    valid_to    bigint,
+    PRIMARY KEY (world, kind, ekey, valid_from)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entity_versions_current
+    ON dreamcatcher.entity_versions (world, kind, ekey) WHERE valid_to IS NULL;
+CREATE INDEX IF NOT EXISTS entity_versions_asof
+    ON dreamcatcher.entity_versions (world, kind, valid_from);
+
+-- Items a rule could not read, with the reason. Never dropped, never fatal.
+CREATE TABLE IF NOT EXISTS dreamcatcher.quarantine_log (
+    id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    world     text        NOT NULL,
+    frame     bigint,
+    stream_id text,
+    utc       timestamptz,
+    key       text,
+    position  bigint,
+    reason    text        NOT NULL,
+    item      jsonb,
+    merged_in bigint,
+    noted_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS quarantine_log_world ON dreamcatcher.quarantine_log (world, frame);
+
+-- The merger that holds a world's leader lock, and its heartbeat.
+CREATE TABLE IF NOT EXISTS dreamcatcher.mergers (
+    world        text        PRIMARY KEY,
+    holder       text        NOT NULL,
+    backend_pid  integer     NOT NULL,
+    started_at   timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+
+-- ---------------------------------------------------------------------------
+-- Lock keys. Collisions between keys only cost waiting, never correctness.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.frame_lock_key(p_world text, p_frame bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world || '/' || p_frame::text, 7101) $$;
+
+CREATE OR REPLACE FUNCTION dreamcatcher.world_lock_key(p_world text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7102) $$;
+
+CREATE OR REPLACE FUNCTION dreamcatcher.leader_lock_key(p_world text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7103) $$;
+
+-- ---------------------------------------------------------------------------
+-- Notifications. NOTIFY is a wake-up, never the data; the merger also polls.
+-- A NOTIFY in every insert transaction serialises all commits on one global
+-- lock, so the log notifies only when the merger has something to do:
+--   channel dreamcatcher_work:   'world:frame:opened'   (first delta of a frame)
+--                                'world:frame:stream'   (first delta of an expected stream)
+--                                'world:frame:closed'
+--   channel dreamcatcher_merged: 'world:frame'
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_frame_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('dreamcatcher_work',
+                          NEW.world || ':' || NEW.frame || ':' || CASE NEW.status WHEN 'open' THEN 'opened' ELSE NEW.status END);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        IF NEW.status = 'merged' THEN
+            PERFORM pg_notify('dreamcatcher_merged', NEW.world || ':' || NEW.frame);
+        ELSE
+            PERFORM pg_notify('dreamcatcher_work', NEW.world || ':' || NEW.frame || ':' || NEW.status);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+CREATE OR REPLACE TRIGGER frame_log_notify
+    AFTER INSERT OR UPDATE OF status ON dreamcatcher.frame_log
+    FOR EACH ROW EXECUTE FUNCTION dreamcatcher.tg_frame_changed();
+
+-- On the log: notify only for the first delta of an *expected* stream in a
+-- frame (that may complete the frame). Worlds without expected streams pay one
+-- index lookup per statement and never notify from here.
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_deltas_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT n.world, n.frame
+        FROM (SELECT world, frame, stream_id, array_agg(utc) AS utcs
+              FROM new_rows WHERE NOT late GROUP BY world, frame, stream_id) n
+        JOIN dreamcatcher.worlds w ON w.world = n.world
+        WHERE n.stream_id = ANY (w.expected_streams)
+          AND NOT EXISTS (SELECT 1 FROM dreamcatcher.delta_log d
+                          WHERE d.world = n.world AND d.frame = n.frame
+                            AND d.stream_id = n.stream_id AND d.utc <> ALL (n.utcs))
+    LOOP
+        PERFORM pg_notify('dreamcatcher_work', r.world || ':' || r.frame || ':stream');
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+
+CREATE OR REPLACE TRIGGER delta_log_notify
+    AFTER INSERT ON dreamcatcher.delta_log
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dreamcatcher.tg_deltas_inserted();
+
+-- ---------------------------------------------------------------------------
+-- The fence.
+-- Inserters hold a SHARED advisory lock on (world, frame) for their
+-- transaction; closing takes it EXCLUSIVE, so it waits for every in-flight
+-- insert of that frame to commit, and every later insert sees the frame
+-- closed. Creating a frame holds the world lock SHARED; the merger's claim of
+-- the next frame takes it EXCLUSIVE, so no frame can appear below the horizon.
+-- ---------------------------------------------------------------------------
+
+-- Make sure a frame row exists; returns its status, or 'late' when the frame
+-- is at or below the world's merge horizon. The caller holds the frame lock.
+CREATE OR REPLACE FUNCTION dreamcatcher.ensure_frame(p_world text, p_frame bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_horizon bigint;
+    v_status  text;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(dreamcatcher.world_lock_key(p_world));
+    INSERT INTO dreamcatcher.worlds (world) VALUES (p_world) ON CONFLICT DO NOTHING;
+    SELECT horizon INTO v_horizon FROM dreamcatcher.worlds WHERE world = p_world;
+    SELECT status INTO v_status FROM dreamcatcher.frame_log WHERE world = p_world AND frame = p_frame;
+    IF FOUND THEN
+        RETURN v_status;
+    END IF;
+    IF v_horizon IS NOT NULL AND p_frame <= v_horizon THEN
+        RETURN 'late';
+    END IF;
+    INSERT INTO dreamcatcher.frame_log (world, frame) VALUES (p_world, p_frame) ON CONFLICT DO NOTHING;
+    SELECT status INTO v_status FROM dreamcatcher.frame_log WHERE world = p_world AND frame = p_frame;
+    RETURN v_status;
+END $$;
+
+-- Append a batch of deltas of one stream. One result per input, in input
+-- order: 'stored' | 'duplicate' | 'conflict' | 'late' | 'deferred' (the same
+-- words as append_delta). Late attempts are recorded in late_log whatever the
+-- policy. Set-based: one INSERT for the whole batch.
+CREATE OR REPLACE FUNCTION dreamcatcher.append_deltas(
+    p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[], p_payloads jsonb[])
+RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_frame  bigint;
+    v_state  text;
+    v_policy text;
+    v_late   bigint[] := '{}';
+    v_result text[];
+    i        integer;
+BEGIN
+    IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs)
+       OR cardinality(p_frames) IS DISTINCT FROM cardinality(p_payloads) THEN
+        RAISE EXCEPTION 'append_deltas: frames, utcs and payloads differ in length' USING ERRCODE = '22023';
+    END IF;
+    FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, v_frame));
+        SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl
+         WHERE fl.world = p_world AND fl.frame = v_frame;
+        IF NOT FOUND THEN
+            v_state := dreamcatcher.ensure_frame(p_world, v_frame);
+        END IF;
+        IF v_state <> 'open' THEN
+            v_late := v_late || v_frame;
+        END IF;
+    END LOOP;
+    IF cardinality(v_late) > 0 THEN
+        SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
+    END IF;
+
+    WITH input AS (
+        SELECT i.ord::integer AS ord, i.frame, i.utc, i.payload, (i.frame = ANY (v_late)) AS is_late
+        FROM unnest(p_frames, p_utcs, p_payloads) WITH ORDINALITY AS i(frame, utc, payload, ord)
+    ),
+    -- a retry of a delta that is already stored is 'duplicate', even when its frame has closed since
+    existing AS (
+        SELECT i.ord, d.payload = i.payload AS same
+        FROM input i JOIN dreamcatcher.delta_log d
+          ON d.world = p_world AND d.frame = i.frame AND d.stream_id = p_stream AND d.utc = i.utc
+    ),
+    late_noted AS (
+        INSERT INTO dreamcatcher.late_log (world, frame, stream_id, utc, policy, payload)
+        SELECT p_world, i.frame, p_stream, i.utc, v_policy, i.payload
+        FROM input i WHERE i.is_late AND i.ord NOT IN (SELECT e.ord FROM existing e)
+    ),
+    inserted AS (
+        INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload, late)
+        SELECT p_world, i.frame, p_stream, i.utc, i.payload, i.is_late
+        FROM input i
+        WHERE i.ord NOT IN (SELECT e.ord FROM existing e)
+          AND (NOT i.is_late OR v_policy = 'defer')
+        ON CONFLICT DO NOTHING
+        RETURNING frame, utc, payload
+    )
+    SELECT array_agg(
+               CASE
+                   WHEN e.ord IS NOT NULL THEN CASE WHEN e.same THEN 'duplicate' ELSE 'conflict' END
+                   WHEN i.is_late AND v_policy <> 'defer' THEN 'late'
+                   WHEN EXISTS (SELECT 1 FROM inserted x
+                                WHERE x.frame = i.frame AND x.utc = i.utc AND x.payload = i.payload)
+                       THEN CASE WHEN i.is_late THEN 'deferred' ELSE 'stored' END
+                   ELSE NULL  -- lost a race with a concurrent insert of the same key: look again below
+               END ORDER BY i.ord)
+      INTO v_result
+      FROM input i LEFT JOIN existing e ON e.ord = i.ord;
+
+    FOR i IN 1 .. coalesce(cardinality(v_result), 0) LOOP
+        IF v_result[i] IS NULL THEN
+            v_result[i] := dreamcatcher.append_delta(p_world, p_stream, p_frames[i], p_utcs[i], p_payloads[i]);
+        END IF;
+    END LOOP;
+    RETURN coalesce(v_result, '{}');
+END $$;
+
+-- Single-delta fast path (same semantics as append_deltas with one element).
+CREATE OR REPLACE FUNCTION dreamcatcher.append_delta(
+    p_world text, p_stream text, p_frame bigint, p_utc timestamptz, p_payload jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state    text;
+    v_policy   text;
+    v_existing jsonb;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, p_frame));
+    SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl
+     WHERE fl.world = p_world AND fl.frame = p_frame;
+    IF NOT FOUND THEN
+        v_state := dreamcatcher.ensure_frame(p_world, p_frame);
+    END IF;
+    IF v_state <> 'open' THEN
+        SELECT d.payload INTO v_existing FROM dreamcatcher.delta_log d
+         WHERE d.world = p_world AND d.frame = p_frame AND d.stream_id = p_stream AND d.utc = p_utc;
+        IF FOUND THEN
+            RETURN CASE WHEN v_existing = p_payload THEN 'duplicate' ELSE 'conflict' END;
+        END IF;
+        SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
+        INSERT INTO dreamcatcher.late_log (world, frame, stream_id, utc, policy, payload)
+        VALUES (p_world, p_frame, p_stream, p_utc, v_policy, p_payload);
+        IF v_policy <> 'defer' THEN
+            RETURN 'late';
+        END IF;
+    END IF;
+    INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload, late)
+    VALUES (p_world, p_frame, p_stream, p_utc, p_payload, v_state <> 'open')
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        RETURN CASE WHEN v_state <> 'open' THEN 'deferred' ELSE 'stored' END;
+    END IF;
+    SELECT d.payload INTO v_existing FROM dreamcatcher.delta_log d
+     WHERE d.world = p_world AND d.frame = p_frame AND d.stream_id = p_stream AND d.utc = p_utc;
+    RETURN CASE WHEN v_existing = p_payload THEN 'duplicate' ELSE 'conflict' END;
+END $$;
+
+-- Close a frame. Idempotent: 'closed' when this call closed it, otherwise the
+-- status it already had ('closed' | 'merged'), or 'late' when the frame has no
+-- row and lies at or below the merge horizon (it can never be merged).
+CREATE OR REPLACE FUNCTION dreamcatcher.close_frame(p_world text, p_frame bigint, p_reason text DEFAULT 'explicit')
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(dreamcatcher.frame_lock_key(p_world, p_frame));
+    SELECT status INTO v_state FROM dreamcatcher.frame_log WHERE world = p_world AND frame = p_frame;
+    IF NOT FOUND THEN
+        v_state := dreamcatcher.ensure_frame(p_world, p_frame);
+    END IF;
+    IF v_state <> 'open' THEN
+        RETURN v_state;
+    END IF;
+    UPDATE dreamcatcher.frame_log
+       SET status = 'closed', closed_at = clock_timestamp(), close_reason = p_reason
+     WHERE world = p_world AND frame = p_frame;
+    RETURN 'closed';
+END $$;
+
+-- Open frames that should close now: every expected stream has written, or
+-- the deadline after the frame's first delta has passed.
+CREATE OR REPLACE FUNCTION dreamcatcher.due_frames(p_world text)
+RETURNS TABLE (frame bigint, reason text)
+LANGUAGE sql STABLE AS $$
+    SELECT f.frame,
+           CASE WHEN f.opened_at + w.close_after <= clock_timestamp() THEN 'deadline' ELSE 'streams' END
+    FROM dreamcatcher.frame_log f
+    JOIN dreamcatcher.worlds w ON w.world = f.world
+    WHERE f.world = p_world AND f.status = 'open'
+      AND (f.opened_at + w.close_after <= clock_timestamp()
+           OR (cardinality(w.expected_streams) > 0
+               AND NOT EXISTS (SELECT 1 FROM unnest(w.expected_streams) s(stream_id)
+                               WHERE NOT EXISTS (SELECT 1 FROM dreamcatcher.delta_log d
+                                                 WHERE d.world = f.world AND d.frame = f.frame
+                                                   AND d.stream_id = s.stream_id))))
+    ORDER BY f.frame
+$$;
+
+-- The merger's claim of the next frame to merge: the lowest frame not merged,
+-- if it is closed. Raises the horizon so no new frame can open below it.
+CREATE OR REPLACE FUNCTION dreamcatcher.claim_next_frame(p_world text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_frame  bigint;
+    v_status text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(dreamcatcher.world_lock_key(p_world));
+    SELECT f.frame, f.status INTO v_frame, v_status
+      FROM dreamcatcher.frame_log f
+     WHERE f.world = p_world AND f.status <> 'merged'
+     ORDER BY f.frame LIMIT 1;
+    IF NOT FOUND OR v_status <> 'closed' THEN
+        RETURN NULL;
+    END IF;
+    UPDATE dreamcatcher.worlds SET horizon = greatest(coalesce(horizon, -1), v_frame)
+     WHERE world = p_world AND horizon IS DISTINCT FROM greatest(coalesce(horizon, -1), v_frame);
+    RETURN v_frame;
+END $$;

@@ -1,0 +1,152 @@
+-- dreamcatcher_pg public SQL surface: views of the current state, the log and
+-- the frames, and the time-travel functions (*_at) and diff.
+-- Every entity view has: world, its key columns, data, first_frame, last_frame.
+
+CREATE OR REPLACE VIEW dreamcatcher.deltas AS
+    SELECT world, frame, stream_id, utc, payload, late, inserted_at, id
+    FROM dreamcatcher.delta_log;
+
+CREATE OR REPLACE VIEW dreamcatcher.frames AS
+    SELECT f.world, f.frame, f.status,
+           coalesce(f.delta_count,
+                    (SELECT count(*) FROM dreamcatcher.delta_log d
+                     WHERE d.world = f.world AND d.frame = f.frame AND NOT d.late)) AS delta_count,
+           f.state_hash, f.closed_at, f.merged_at, f.opened_at, f.close_reason, f.stats
+    FROM dreamcatcher.frame_log f;
+
+CREATE OR REPLACE VIEW dreamcatcher.quarantine AS
+    SELECT q.world, q.frame, q.stream_id, q.reason, q.item, q.utc, q.key, q.position, q.merged_in,
+           q.noted_at, q.id
+    FROM dreamcatcher.quarantine_log q;
+
+CREATE OR REPLACE VIEW dreamcatcher.late_attempts AS
+    SELECT l.world, l.frame, l.stream_id, l.utc, l.policy, l.payload, l.attempted_at, l.id
+    FROM dreamcatcher.late_log l;
+
+-- All entities of one kind as they were right after `frame` merged.
+CREATE OR REPLACE FUNCTION dreamcatcher.entities_at(p_world text, p_kind text, p_frame bigint)
+RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
+    FROM dreamcatcher.entity_versions v
+    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_from <= p_frame
+      AND (v.valid_to IS NULL OR v.valid_to > p_frame)
+$$;
+
+-- Current state (same shape as entities_at).
+CREATE OR REPLACE VIEW dreamcatcher.entities AS
+    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from AS last_frame
+    FROM dreamcatcher.entity_versions v WHERE v.valid_to IS NULL;
+
+-- posts ----------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.posts AS
+    SELECT e.world, (e.data ->> 'number')::bigint AS number, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'post';
+CREATE OR REPLACE FUNCTION dreamcatcher.posts_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, number bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, (e.data ->> 'number')::bigint, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'post', p_frame) e
+$$;
+
+-- agents ---------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.agents AS
+    SELECT e.world, e.ekey AS id, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'agent';
+CREATE OR REPLACE FUNCTION dreamcatcher.agents_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, id text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.ekey, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'agent', p_frame) e
+$$;
+
+-- comments -------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.comments AS
+    SELECT e.world, dreamcatcher.jtext(e.data -> 'id') AS id,
+           dreamcatcher.jint(e.data -> 'discussion') AS discussion,
+           dreamcatcher.jtext(e.data -> 'author') AS author,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'comment';
+CREATE OR REPLACE FUNCTION dreamcatcher.comments_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, id text, discussion bigint, author text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, dreamcatcher.jtext(e.data -> 'id'), dreamcatcher.jint(e.data -> 'discussion'),
+           dreamcatcher.jtext(e.data -> 'author'), e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'comment', p_frame) e
+$$;
+
+-- reactions ------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.reactions AS
+    SELECT e.world, e.data ->> 'target' AS target, e.data ->> 'type' AS type,
+           e.data ->> 'author' AS author, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'reaction';
+CREATE OR REPLACE FUNCTION dreamcatcher.reactions_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, target text, type text, author text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.data ->> 'target', e.data ->> 'type', e.data ->> 'author',
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'reaction', p_frame) e
+$$;
+
+-- chapters -------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.chapters AS
+    SELECT e.world, e.data ->> 'book' AS book, e.data ->> 'agent' AS agent,
+           (e.data ->> 'chapter')::bigint AS chapter, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'chapter';
+CREATE OR REPLACE FUNCTION dreamcatcher.chapters_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, book text, agent text, chapter bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.data ->> 'book', e.data ->> 'agent', (e.data ->> 'chapter')::bigint,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'chapter', p_frame) e
+$$;
+
+-- books ----------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.books AS
+    SELECT e.world, e.ekey AS book, (e.data ->> 'target')::bigint AS target,
+           (e.data ->> 'compiled_frame')::bigint AS compiled_frame, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'book';
+CREATE OR REPLACE FUNCTION dreamcatcher.books_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, book text, target bigint, compiled_frame bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.ekey, (e.data ->> 'target')::bigint, (e.data ->> 'compiled_frame')::bigint,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'book', p_frame) e
+$$;
+
+-- observations ---------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.observations AS
+    SELECT e.world, (e.ekey::jsonb ->> 0)::bigint AS frame, e.ekey::jsonb ->> 1 AS stream_id,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'observation';
+CREATE OR REPLACE FUNCTION dreamcatcher.observations_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, frame bigint, stream_id text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, (e.ekey::jsonb ->> 0)::bigint, e.ekey::jsonb ->> 1, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'observation', p_frame) e
+$$;
+
+-- diff -----------------------------------------------------------------------
+-- What changed between the state after frame_a and the state after frame_b:
+-- one row per entity added, removed or changed (with the changed fields).
+CREATE OR REPLACE FUNCTION dreamcatcher.diff(p_world text, p_frame_a bigint, p_frame_b bigint)
+RETURNS TABLE (kind text, ekey text, change text, before jsonb, after jsonb, fields text[])
+LANGUAGE sql STABLE AS $$
+    WITH a AS (SELECT v.kind, v.ekey, v.data FROM dreamcatcher.entity_versions v
+               WHERE v.world = p_world AND v.valid_from <= p_frame_a
+                 AND (v.valid_to IS NULL OR v.valid_to > p_frame_a)),
+         b AS (SELECT v.kind, v.ekey, v.data FROM dreamcatcher.entity_versions v
+               WHERE v.world = p_world AND v.valid_from <= p_frame_b
+                 AND (v.valid_to IS NULL OR v.valid_to > p_frame_b))
+    SELECT coalesce(a.kind, b.kind), coalesce(a.ekey, b.ekey),
+           CASE WHEN a.data IS NULL THEN 'added' WHEN b.data IS NULL THEN 'removed' ELSE 'changed' END,
+           a.data, b.data,
+           CASE WHEN a.data IS NOT NULL AND b.data IS NOT NULL AND jsonb_typeof(a.data) = 'object'
+                     AND jsonb_typeof(b.data) = 'object' THEN
+               ARRAY(SELECT k FROM (SELECT jsonb_object_keys(a.data) UNION SELECT jsonb_object_keys(b.data)) s(k)
+                     WHERE (a.data -> k) IS DISTINCT FROM (b.data -> k) ORDER BY k)
+           END
+    FROM a FULL JOIN b ON a.kind = b.kind AND a.ekey = b.ekey
+    WHERE a.data IS DISTINCT FROM b.data
+    ORDER BY 1, 2
+$$;
