@@ -199,7 +199,10 @@ $$;
 -- stats, or NULL when the frame is not closed (already merged, or open).
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- JIT compiles for seconds on plans over temp tables it cannot estimate; a merge never gains from it
+SET jit = off
+AS $$
 DECLARE
     v_status   text;
     v_prev_acc numeric;
@@ -233,6 +236,7 @@ BEGIN
 
     INSERT INTO _dc_deltas SELECT * FROM dreamcatcher.frame_deltas(p_world, p_frame);
     GET DIAGNOSTICS v_deltas = ROW_COUNT;
+    ANALYZE _dc_deltas;
 
     -- explode every delta into the items its rules read
     INSERT INTO _dc_items

@@ -1,0 +1,342 @@
+"""DeltaClient: what workers import.
+
+A worker appends deltas for its stream; it never writes state::
+
+    async with DeltaClient.connect(dsn, stream_id="stream-1") as dc:
+        await dc.insert_delta(frame=515, payload={"posts_created": [...]})
+        await dc.close_frame(515)
+        await dc.wait_merged(515, timeout=5.0)
+
+Every insert is one round trip to a SQL function that holds the frame's fence
+(a shared advisory lock) while it checks the frame and appends. A retry of the
+same delta (same utc) is recognised and reported as ``"duplicate"``, so
+retrying after a lost connection is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import timedelta
+from typing import Any, cast
+
+import asyncpg
+
+from .errors import (
+    ConnectionLostError,
+    DeltaConflictError,
+    DreamcatcherError,
+    FrameClosedError,
+    InvalidDeltaError,
+    map_db_error,
+)
+from .models import Delta, Receipt, prepare_delta, validate_identity
+from .queries import query
+from .settings import DEFAULT_MAX_PAYLOAD_BYTES
+
+log = logging.getLogger(__name__)
+
+MERGED_CHANNEL = "dreamcatcher_merged"
+
+
+class DeltaClient:
+    """An async client for one stream of one world. Use :meth:`connect`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        dsn: str,
+        stream_id: str,
+        world: str,
+        owns_pool: bool,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        retries: int = 3,
+    ) -> None:
+        ident = validate_identity(world, stream_id)
+        self.world = ident.world
+        self.stream_id = ident.stream_id
+        self._pool = pool
+        self._dsn = dsn
+        self._owns_pool = owns_pool
+        self._max_payload_bytes = max_payload_bytes
+        self._retries = retries
+        self._listener: asyncpg.Connection | None = None
+        self._listener_lock = asyncio.Lock()
+        self._merged = asyncio.Condition()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        stream_id: str,
+        world: str = "default",
+        pool: asyncpg.Pool | None = None,
+        pool_size: int = 2,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        retries: int = 3,
+    ) -> AsyncIterator[DeltaClient]:
+        """Open a client (and its pool, unless one is given; a given pool is never closed)."""
+        validate_identity(world, stream_id)
+        owns = pool is None
+        if pool is None:
+            try:
+                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise map_db_error(exc) from exc
+        client = cls(
+            pool,
+            dsn=dsn,
+            stream_id=stream_id,
+            world=world,
+            owns_pool=owns,
+            max_payload_bytes=max_payload_bytes,
+            retries=retries,
+        )
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+        if self._owns_pool:
+            await self._pool.close()
+
+    # -- calls with retry on a lost connection (every call here is idempotent) --
+
+    async def _call(self, sql: str, *args: Any) -> Any:
+        delay = 0.05
+        for attempt in range(self._retries + 1):
+            try:
+                return await self._pool.fetchval(sql, *args)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                err = map_db_error(exc)
+                if isinstance(err, ConnectionLostError) and attempt < self._retries:
+                    log.warning("connection lost (%s); retrying in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise err from exc
+        raise AssertionError("unreachable")
+
+    # -- writing --
+
+    def _receipt(self, delta: Delta, status: str) -> Receipt:
+        assert delta.utc is not None
+        key = (self.world, delta.frame, self.stream_id, delta.utc)
+        if status in ("stored", "duplicate", "deferred"):
+            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, cast(Any, status))
+        if status == "conflict":
+            raise DeltaConflictError(
+                f"a different delta is already stored under {key!r}; deltas are never overwritten",
+                key=key,
+            )
+        if status == "late":
+            raise FrameClosedError(
+                f"frame {delta.frame} of world {self.world!r} is closed; the delta from "
+                f"{self.stream_id!r} was refused (the attempt is recorded in dreamcatcher.late_attempts)",
+                world=self.world,
+                frame=delta.frame,
+                stream_id=self.stream_id,
+            )
+        raise DreamcatcherError(f"unexpected insert status {status!r} for {key!r}")
+
+    async def insert_delta(self, frame: int, payload: Mapping[str, Any], utc: Any = None) -> Receipt:
+        """Append one delta. ``utc`` (the writer's clock) defaults to now.
+
+        Raises :class:`InvalidDeltaError`, :class:`FrameClosedError` (frame closed,
+        policy ``reject``) or :class:`DeltaConflictError` (same key, other payload).
+        """
+        delta, text = prepare_delta(
+            frame, payload, utc, stream_id=self.stream_id, max_payload_bytes=self._max_payload_bytes
+        )
+        status = await self._call(
+            query("append_delta"), self.world, self.stream_id, delta.frame, delta.utc, text
+        )
+        return self._receipt(delta, status)
+
+    async def insert_deltas(self, deltas: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+        """Append a batch in one round trip: items ``{"frame", "payload", "utc"?}``.
+
+        Every item is validated first; an invalid one fails the whole batch and
+        nothing is written. After the round trip, the first conflicting or late
+        item raises its error; the items stored before and after it stay stored,
+        and are listed in the error's ``receipts`` attribute.
+        """
+        prepared: list[tuple[Delta, str]] = []
+        seen: dict[tuple[int, Any], str] = {}
+        for index, item in enumerate(deltas):
+            if not isinstance(item, Mapping):
+                raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
+            extra = set(item) - {"frame", "payload", "utc"}
+            if extra:
+                raise InvalidDeltaError(
+                    f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
+                )
+            delta, text = prepare_delta(
+                item.get("frame"),
+                item.get("payload"),
+                item.get("utc"),
+                stream_id=self.stream_id,
+                max_payload_bytes=self._max_payload_bytes,
+            )
+            key = (delta.frame, delta.utc)
+            if key in seen:
+                if seen[key] != text:
+                    raise DeltaConflictError(
+                        f"deltas[{index}] repeats the key of an earlier item with another payload",
+                        key=(self.world, delta.frame, self.stream_id, delta.utc),
+                    )
+                continue
+            seen[key] = text
+            prepared.append((delta, text))
+        if not prepared:
+            return []
+        statuses = await self._call(
+            query("append_deltas"),
+            self.world,
+            self.stream_id,
+            [d.frame for d, _ in prepared],
+            [d.utc for d, _ in prepared],
+            [t for _, t in prepared],
+        )
+        receipts: list[Receipt] = []
+        first_error: DreamcatcherError | None = None
+        for (delta, _), status in zip(prepared, statuses, strict=True):
+            try:
+                receipts.append(self._receipt(delta, status))
+            except DreamcatcherError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            first_error.receipts = receipts  # type: ignore[attr-defined]
+            raise first_error
+        return receipts
+
+    # -- frames --
+
+    async def close_frame(self, frame: int, *, reason: str = "explicit") -> str:
+        """Close ``frame`` (idempotent). Returns ``"closed"`` or the status it already had.
+
+        Waits for every insert in flight for that frame to commit; after it
+        returns, every insert for the frame is late.
+        """
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+            raise InvalidDeltaError(f"frame must be an integer >= 0, not {frame!r}", field="frame")
+        status = cast(str, await self._call(query("close_frame"), self.world, frame, reason))
+        if status == "late":
+            raise FrameClosedError(
+                f"frame {frame} of world {self.world!r} has no deltas and lies below the frames "
+                "already merged; it can never be merged",
+                world=self.world,
+                frame=frame,
+            )
+        return status
+
+    async def frame_status(self, frame: int) -> str | None:
+        """``"open"``, ``"closed"``, ``"merged"``, or None when the frame does not exist."""
+        row = await self._pool.fetchrow(query("frame_status"), self.world, frame)
+        return None if row is None else cast("str | None", row["status"])
+
+    async def configure_world(
+        self,
+        *,
+        expected_streams: list[str] | None = None,
+        late_policy: str | None = None,
+        close_after: float | timedelta | None = None,
+    ) -> dict[str, Any]:
+        """Set this world's expected streams, late policy and close deadline (None keeps)."""
+        return await configure_world(
+            self._pool,
+            self.world,
+            expected_streams=expected_streams,
+            late_policy=late_policy,
+            close_after=close_after,
+        )
+
+    # -- waiting for merges --
+
+    async def _ensure_listener(self) -> None:
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                await conn.add_listener(MERGED_CHANNEL, self._on_merged)
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise map_db_error(exc) from exc
+            self._listener = conn
+
+    def _on_merged(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._merged:
+            self._merged.notify_all()
+
+    async def wait_merged(self, frame: int, timeout: float | None = None, *, poll: float = 0.5) -> None:
+        """Return once ``frame`` is merged; ``TimeoutError`` if not within ``timeout`` seconds.
+
+        Listens for the merger's NOTIFY and also polls, so a lost notification
+        only costs up to ``poll`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        listening = False
+        while True:
+            row = await self._pool.fetchrow(query("frame_status"), self.world, frame)
+            if row is not None and row["status"] == "merged":
+                return
+            if row is not None and row["status"] is None and row["horizon"] is not None and frame <= row["horizon"]:
+                raise FrameClosedError(
+                    f"frame {frame} of world {self.world!r} has no deltas and lies below the merged "
+                    "frames; it will never be merged",
+                    world=self.world,
+                    frame=frame,
+                )
+            if not listening:
+                try:
+                    await self._ensure_listener()
+                    listening = True
+                    continue  # re-check: a merge may have landed before we listened
+                except ConnectionLostError:
+                    log.warning("cannot LISTEN; falling back to polling")
+            wait = poll
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"frame {frame} of world {self.world!r} not merged within {timeout}s")
+                wait = min(wait, remaining)
+            async with self._merged:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._merged.wait(), wait)
+
+
+async def configure_world(
+    executor: asyncpg.Pool | asyncpg.Connection,
+    world: str,
+    *,
+    expected_streams: list[str] | None = None,
+    late_policy: str | None = None,
+    close_after: float | timedelta | None = None,
+) -> dict[str, Any]:
+    """Create or update a world's configuration; None leaves a setting as it is."""
+    if late_policy is not None and late_policy not in ("reject", "defer"):
+        raise InvalidDeltaError("late_policy must be 'reject' or 'defer'", field="late_policy")
+    interval = None
+    if close_after is not None:
+        seconds = close_after.total_seconds() if isinstance(close_after, timedelta) else float(close_after)
+        interval = f"{seconds} seconds"
+    try:
+        row = await executor.fetchrow(query("configure_world"), world, expected_streams, late_policy, interval)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise map_db_error(exc) from exc
+    assert row is not None
+    return dict(row)

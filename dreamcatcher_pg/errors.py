@@ -1,0 +1,80 @@
+"""Errors: one base class, and driver errors mapped by SQLSTATE.
+
+Every error raised by dreamcatcher_pg is a :class:`DreamcatcherError`. Errors
+that come from the database driver keep the driver's exception as
+``__cause__`` (``raise ... from exc``); mapping uses the SQLSTATE, never the
+message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DreamcatcherError(Exception):
+    """Base class of every error raised by dreamcatcher_pg."""
+
+
+class InvalidDeltaError(DreamcatcherError, ValueError):
+    """A delta failed validation; ``field`` names what was wrong."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class FrameClosedError(DreamcatcherError):
+    """The delta's frame was already closed (late delta under policy ``reject``).
+
+    The attempt is recorded in ``dreamcatcher.late_attempts``; nothing was stored.
+    """
+
+    def __init__(self, message: str, *, world: str, frame: int, stream_id: str | None = None) -> None:
+        super().__init__(message)
+        self.world = world
+        self.frame = frame
+        self.stream_id = stream_id
+
+
+class DeltaConflictError(DreamcatcherError):
+    """A delta with the same key (world, frame, stream_id, utc) and a different payload exists."""
+
+    def __init__(self, message: str, *, key: tuple[Any, ...]) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class AppendOnlyViolation(DreamcatcherError):
+    """Something tried to UPDATE, DELETE or TRUNCATE the delta log."""
+
+
+class ConnectionLostError(DreamcatcherError, ConnectionError):
+    """The connection to PostgreSQL failed. Retrying the same call is safe (idempotent)."""
+
+
+class DatabaseError(DreamcatcherError):
+    """Any other error reported by PostgreSQL; ``sqlstate`` tells which."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+#: SQLSTATE classes that mean the connection, not the request, failed.
+_CONNECTION_CLASSES = ("08", "57")
+
+
+def map_db_error(exc: BaseException) -> DreamcatcherError:
+    """Translate a driver exception into one of ours (the caller raises it ``from exc``)."""
+    if isinstance(exc, DreamcatcherError):
+        return exc
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not isinstance(sqlstate, str):
+        sqlstate = None
+    if sqlstate == "DCA01":
+        return AppendOnlyViolation(str(exc))
+    if sqlstate is not None and sqlstate[:2] in _CONNECTION_CLASSES:
+        return ConnectionLostError(f"connection to PostgreSQL failed: {exc}")
+    if isinstance(exc, OSError | ConnectionError):
+        return ConnectionLostError(f"connection to PostgreSQL failed: {exc}")
+    return DatabaseError(f"{type(exc).__name__}: {exc}", sqlstate=sqlstate)

@@ -1,0 +1,265 @@
+"""The merger: one asyncio loop per world that turns closed frames into state.
+
+Connections (never pooled, see STYLE.md): one *session* connection holds the
+world's leader lock (``pg_try_advisory_lock``) and runs every merge, so a
+merger that loses its connection loses the lock and its open transaction
+together; one autocommit *listener* connection LISTENs for wake-ups. The loop
+also polls, because notifications are lost while a connection is down.
+
+Each tick: close the frames that are due (every expected stream in, or the
+deadline passed), then merge closed frames in ascending order, each in ONE
+transaction (``dreamcatcher.merge_frame``), until the lowest unmerged frame is
+open. Progress (the frame's status, hash and stats) is written in the same
+transaction as the projection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from .errors import ConnectionLostError, map_db_error
+from .queries import query
+
+log = logging.getLogger(__name__)
+
+WORK_CHANNEL = "dreamcatcher_work"
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """One merged frame."""
+
+    world: str
+    frame: int
+    deltas: int
+    state_hash: str
+    seconds: float
+    stats: dict[str, Any]
+
+
+@dataclass
+class MergerStats:
+    frames_merged: int = 0
+    deltas_merged: int = 0
+    frames_closed: int = 0
+    quarantined: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    is_leader: bool = False
+    last_frame: int | None = None
+    merge_seconds: list[float] = field(default_factory=list)
+
+
+class Merger:
+    """Merges the frames of one world. ``await merger.run(stop_event)``."""
+
+    def __init__(
+        self,
+        dsn: str,
+        world: str = "default",
+        *,
+        poll_interval: float = 1.0,
+        name: str | None = None,
+        on_merged: Callable[[MergeResult], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.world = world
+        self.poll_interval = poll_interval
+        self.holder = f"{socket.gethostname()}:{os.getpid()}" + (f":{name}" if name else "")
+        self.on_merged = on_merged
+        self.stats = MergerStats()
+        self._conn: asyncpg.Connection | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._wakeup = asyncio.Event()
+        self._started_at = datetime.now(UTC)
+
+    # -- connections --
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        world, _, _rest = payload.partition(":")
+        # world names may hold ':'; a spurious wake-up is harmless, a missed one is not
+        if world == self.world or payload.startswith(self.world + ":"):
+            self._wakeup.set()
+
+    async def _connect(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.dsn)
+            self.stats.is_leader = False
+        if self._listener is None or self._listener.is_closed():
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener(WORK_CHANNEL, self._on_notify)
+
+    async def _disconnect(self) -> None:
+        for conn in (self._conn, self._listener):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2.0)
+        self._conn = self._listener = None
+        self.stats.is_leader = False
+
+    async def try_lead(self) -> bool:
+        """Take this world's leader lock if it is free. True when this merger leads."""
+        await self._connect()
+        assert self._conn is not None
+        if not self.stats.is_leader:
+            self.stats.is_leader = bool(await self._conn.fetchval(query("try_leader_lock"), self.world))
+            if self.stats.is_leader:
+                log.info("merger %s leads world %r", self.holder, self.world)
+                await self._heartbeat()
+        return self.stats.is_leader
+
+    async def _heartbeat(self) -> None:
+        assert self._conn is not None
+        await self._conn.execute(query("heartbeat"), self.world, self.holder, self._started_at)
+
+    # -- work --
+
+    async def close_due_frames(self) -> list[int]:
+        """Close the open frames whose streams are all in or whose deadline passed."""
+        assert self._conn is not None
+        closed = []
+        for row in await self._conn.fetch(query("due_frames"), self.world):
+            status = await self._conn.fetchval(query("close_frame"), self.world, row["frame"], row["reason"])
+            if status == "closed":
+                log.info("world %r frame %s closed (%s)", self.world, row["frame"], row["reason"])
+                closed.append(int(row["frame"]))
+        self.stats.frames_closed += len(closed)
+        return closed
+
+    async def merge_available(self) -> list[MergeResult]:
+        """Merge every closed frame that is next in line. The caller must lead."""
+        assert self._conn is not None and self.stats.is_leader
+        results = []
+        while True:
+            frame = await self._conn.fetchval(query("claim_next_frame"), self.world)
+            if frame is None:
+                break
+            started = time.perf_counter()
+            async with self._conn.transaction():
+                raw = await self._conn.fetchval(query("merge_frame"), self.world, frame)
+            seconds = time.perf_counter() - started
+            if raw is None:  # merged already (by an earlier run of ours that lost its ack)
+                continue
+            stats = orjson.loads(raw)
+            info = await self._conn.fetchrow(query("merged_frame_info"), self.world, frame)
+            assert info is not None
+            result = MergeResult(self.world, int(frame), int(stats["deltas"]), info["state_hash"], seconds, stats)
+            self.stats.frames_merged += 1
+            self.stats.deltas_merged += result.deltas
+            self.stats.quarantined += int(stats["quarantined"])
+            self.stats.last_frame = result.frame
+            self.stats.merge_seconds.append(seconds)
+            del self.stats.merge_seconds[:-1000]
+            log.info(
+                "merged world=%s frame=%s deltas=%s changes=%s quarantined=%s duration_ms=%.1f hash=%s",
+                self.world, frame, result.deltas, stats["changes"], stats["quarantined"],
+                seconds * 1000, result.state_hash,
+            )  # fmt: skip
+            if self.on_merged is not None:
+                self.on_merged(result)
+            results.append(result)
+        return results
+
+    async def tick(self) -> list[MergeResult]:
+        """One round of work: close what is due, merge what is ready."""
+        await self.close_due_frames()
+        results = await self.merge_available()
+        await self._heartbeat()
+        return results
+
+    async def _next_wait(self) -> float:
+        assert self._conn is not None
+        until_deadline = await self._conn.fetchval(query("next_deadline"), self.world)
+        wait = self.poll_interval
+        if until_deadline is not None:
+            wait = min(wait, max(0.0, float(until_deadline)) + 0.005)
+        return wait
+
+    async def run_until_idle(self) -> list[MergeResult]:
+        """Lead (if free), merge everything ready, and return. For tools and tests."""
+        try:
+            if not await self.try_lead():
+                return []
+            return await self.tick()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise map_db_error(exc) from exc
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set: stand by until leader, then merge as frames close.
+
+        Survives lost connections (reconnects with backoff) and errors in a
+        merge (logged, retried after a pause): it never exits on its own.
+        """
+        stop = stop or asyncio.Event()
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                if not await self.try_lead():
+                    await self._sleep(stop, self.poll_interval)  # standby
+                    continue
+                self._wakeup.clear()
+                await self.tick()
+                backoff = 0.1
+                await self._sleep(stop, await self._next_wait())
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                err = map_db_error(exc)
+                if isinstance(err, ConnectionLostError) or self._conn is None or self._conn.is_closed():
+                    self.stats.reconnects += 1
+                    log.warning("merger lost its connection (%s); reconnecting in %.1fs", exc, backoff)
+                else:
+                    self.stats.errors += 1
+                    log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff)
+                await self._disconnect()
+                await self._sleep(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+        await self.aclose()
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            self._wakeup.clear()
+
+    async def aclose(self) -> None:
+        """Release the leader lock (by closing the session) and the listener."""
+        await self._disconnect()
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters as a plain dict (for logs, status and metrics)."""
+        s = self.stats
+        return {
+            "world": self.world,
+            "holder": self.holder,
+            "is_leader": s.is_leader,
+            "frames_merged": s.frames_merged,
+            "deltas_merged": s.deltas_merged,
+            "frames_closed": s.frames_closed,
+            "quarantined": s.quarantined,
+            "reconnects": s.reconnects,
+            "errors": s.errors,
+            "last_frame": s.last_frame,
+        }
+
+
+async def run_mergers(dsn: str, worlds: list[str], *, poll_interval: float = 1.0, stop: asyncio.Event | None = None) -> None:
+    """Run one merger per world until ``stop`` is set."""
+    stop = stop or asyncio.Event()
+    mergers = [Merger(dsn, w, poll_interval=poll_interval) for w in worlds]
+    await asyncio.gather(*(m.run(stop) for m in mergers))

@@ -1,0 +1,155 @@
+"""Validation at the edge: the shape of a delta, and what an insert returns.
+
+A delta is validated before it reaches PostgreSQL, so a bad one gets an
+:class:`~dreamcatcher_pg.errors.InvalidDeltaError` that names the field, and
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+from .errors import InvalidDeltaError
+
+MAX_FRAME = 2**63 - 1
+#: Deeper payloads are refused (PostgreSQL and orjson have limits near 250).
+MAX_DEPTH = 64
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+
+
+class Delta(BaseModel):
+    """One delta as a worker hands it to :meth:`DeltaClient.insert_delta`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frame: Annotated[StrictInt, Field(ge=0, le=MAX_FRAME)]
+    payload: dict[str, Any]
+    utc: datetime | None = None
+
+    @field_validator("utc")
+    @classmethod
+    def _utc_aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # a naive time is taken as UTC
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Identity(BaseModel):
+    """Who writes: the world and the stream."""
+
+    world: Name
+    stream_id: Name
+
+
+Status = Literal["stored", "duplicate", "deferred"]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What an accepted insert returns.
+
+    ``status`` is ``"stored"`` (new), ``"duplicate"`` (an identical delta was
+    already stored: a retry, nothing written) or ``"deferred"`` (late, accepted
+    under the world's ``defer`` policy: merged into the next frame to merge).
+    """
+
+    world: str
+    frame: int
+    stream_id: str
+    utc: datetime
+    status: Status
+
+
+def now_utc() -> datetime:
+    """The writer's clock, in UTC, to the microsecond."""
+    return datetime.now(UTC)
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    """Refuse what JSON or jsonb cannot hold faithfully (NaN, NUL, non-string keys, deep nests)."""
+    if depth > MAX_DEPTH:
+        raise InvalidDeltaError(f"{path}: nested deeper than {MAX_DEPTH} levels", field=path)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidDeltaError(f"{path}: text contains a NUL character", field=path)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidDeltaError(f"{path}: {value!r} is not a JSON number", field=path)
+    elif isinstance(value, int):
+        return
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidDeltaError(f"{path}: key {key!r} is not a string", field=path)
+            if "\x00" in key:
+                raise InvalidDeltaError(f"{path}: a key contains a NUL character", field=path)
+            _check_json(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+    else:
+        raise InvalidDeltaError(f"{path}: {type(value).__name__} is not JSON", field=path)
+
+
+def _first_error(exc: ValidationError) -> InvalidDeltaError:
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err["loc"]) or None
+    return InvalidDeltaError(f"invalid delta: {field}: {err['msg']}", field=field)
+
+
+def validate_identity(world: Any, stream_id: Any) -> Identity:
+    try:
+        return Identity(world=world, stream_id=stream_id)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def prepare_delta(
+    frame: Any,
+    payload: Any,
+    utc: Any,
+    *,
+    stream_id: str,
+    max_payload_bytes: int,
+) -> tuple[Delta, str]:
+    """Validate one delta; return it (utc filled in) with its payload as JSON text."""
+    try:
+        delta = Delta(frame=frame, payload=payload, utc=utc)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    _check_json(delta.payload, "payload", 1)
+    doc_frame = delta.payload.get("frame")
+    if doc_frame is not None and doc_frame != delta.frame:
+        raise InvalidDeltaError(
+            f"payload.frame is {doc_frame!r} but the delta is for frame {delta.frame}",
+            field="payload.frame",
+        )
+    doc_stream = delta.payload.get("stream_id")
+    if doc_stream is not None and doc_stream != stream_id:
+        raise InvalidDeltaError(
+            f"payload.stream_id is {doc_stream!r} but this client writes as {stream_id!r}",
+            field="payload.stream_id",
+        )
+    try:
+        text = orjson.dumps(delta.payload).decode()
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidDeltaError(f"payload is not serializable as JSON: {exc}", field="payload") from None
+    if len(text) > max_payload_bytes:
+        raise InvalidDeltaError(
+            f"payload is {len(text)} bytes of JSON, over the limit of {max_payload_bytes}",
+            field="payload",
+        )
+    if delta.utc is None:
+        delta = delta.model_copy(update={"utc": now_utc()})
+    return delta, text

@@ -1,0 +1,34 @@
+"""One frozen settings object, read from the environment (``DREAMCATCHER_*``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+#: The largest payload accepted by the client, in bytes of serialized JSON.
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings. Flags on the command line override these."""
+
+    dsn: str | None = None
+    world: str = "default"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    poll_interval: float = 1.0
+    data_dir: str | None = None
+    log_format: str = "text"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            dsn=env.get("DREAMCATCHER_DSN") or None,
+            world=env.get("DREAMCATCHER_WORLD", "default"),
+            max_payload_bytes=int(env.get("DREAMCATCHER_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
+            poll_interval=float(env.get("DREAMCATCHER_POLL_INTERVAL", "1.0")),
+            data_dir=env.get("DREAMCATCHER_DATA_DIR") or None,
+            log_format=env.get("DREAMCATCHER_LOG_FORMAT", "text"),
+        )

@@ -1,0 +1,55 @@
+-- Named queries used by the Python code. Each starts with "-- name: NAME".
+
+-- name: append_delta
+SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::text::jsonb);
+
+-- name: append_deltas
+SELECT dreamcatcher.append_deltas($1, $2, $3::bigint[], $4::timestamptz[], $5::text[]::jsonb[]);
+
+-- name: close_frame
+SELECT dreamcatcher.close_frame($1, $2, $3);
+
+-- name: frame_status
+SELECT f.status, w.horizon
+FROM dreamcatcher.worlds w LEFT JOIN dreamcatcher.frame_log f ON f.world = w.world AND f.frame = $2
+WHERE w.world = $1;
+
+-- name: configure_world
+INSERT INTO dreamcatcher.worlds AS w (world, expected_streams, late_policy, close_after)
+VALUES ($1, coalesce($2::text[], '{}'), coalesce($3, 'reject'), coalesce($4::interval, interval '60 seconds'))
+ON CONFLICT (world) DO UPDATE
+   SET expected_streams = coalesce($2::text[], w.expected_streams),
+       late_policy = coalesce($3, w.late_policy),
+       close_after = coalesce($4::interval, w.close_after)
+RETURNING w.world, w.expected_streams, w.late_policy, extract(epoch FROM w.close_after)::float8 AS close_after;
+
+-- name: try_leader_lock
+SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key($1));
+
+-- name: leader_unlock
+SELECT pg_advisory_unlock(dreamcatcher.leader_lock_key($1));
+
+-- name: heartbeat
+INSERT INTO dreamcatcher.mergers (world, holder, backend_pid, started_at, heartbeat_at)
+VALUES ($1, $2, pg_backend_pid(), $3, clock_timestamp())
+ON CONFLICT (world) DO UPDATE
+   SET holder = excluded.holder, backend_pid = excluded.backend_pid,
+       started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at;
+
+-- name: due_frames
+SELECT frame, reason FROM dreamcatcher.due_frames($1);
+
+-- name: next_deadline
+SELECT extract(epoch FROM min(f.opened_at + w.close_after) - clock_timestamp())::float8
+FROM dreamcatcher.frame_log f JOIN dreamcatcher.worlds w ON w.world = f.world
+WHERE f.world = $1 AND f.status = 'open';
+
+-- name: claim_next_frame
+SELECT dreamcatcher.claim_next_frame($1);
+
+-- name: merge_frame
+SELECT dreamcatcher.merge_frame($1, $2)::text;
+
+-- name: merged_frame_info
+SELECT frame, delta_count, state_hash, extract(epoch FROM merged_at - closed_at)::float8 AS close_to_merged
+FROM dreamcatcher.frame_log WHERE world = $1 AND frame = $2;
