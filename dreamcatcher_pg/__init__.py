@@ -14,7 +14,7 @@ from .errors import (
     FrameClosedError,
     InvalidDeltaError,
 )
-from .merger import MergeResult, Merger
+from .merger import Merger, MergeResult
 from .models import Receipt
 
 __all__ = [

@@ -64,7 +64,9 @@ def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
     temporary = getattr(args, "embedded", "persistent") == "temporary"
     data_dir = None
     if not temporary:
-        data_dir = Path(args.data_dir or settings.data_dir or Path.home() / ".local/share/dreamcatcher/pgdata")
+        data_dir = Path(
+            args.data_dir or settings.data_dir or Path.home() / ".local/share/dreamcatcher/pgdata"
+        )
         data_dir.parent.mkdir(parents=True, exist_ok=True)
     with start_embedded(data_dir) as server:
         logging.getLogger(__name__).info("embedded PostgreSQL at %s", server.dsn)
@@ -176,11 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("world", help="world name")
     p.add_argument("--expect", metavar="S1,S2", help="streams expected each frame (empty string: none)")
     p.add_argument("--late-policy", choices=["reject", "defer"], help="what happens to late deltas")
-    p.add_argument("--close-after", type=float, metavar="SECONDS", help="close a frame this long after its first delta")
+    p.add_argument(
+        "--close-after", type=float, metavar="SECONDS", help="close a frame this long after its first delta"
+    )
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("merger", help="run the merger (one per world; a second one stands by)")
-    p.add_argument("--world", dest="worlds", action="append", help="world to merge (repeatable; default: default)")
+    p.add_argument(
+        "--world", dest="worlds", action="append", help="world to merge (repeatable; default: default)"
+    )
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1.0)")
     p.set_defaults(func=cmd_merger)
 

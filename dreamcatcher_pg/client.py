@@ -65,7 +65,7 @@ class DeltaClient:
         self._retries = retries
         self._listener: asyncpg.Connection | None = None
         self._listener_lock = asyncio.Lock()
-        self._merged = asyncio.Condition()
+        self._merged_event = asyncio.Event()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -274,49 +274,44 @@ class DeltaClient:
                 raise map_db_error(exc) from exc
             self._listener = conn
 
-    def _on_merged(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        asyncio.get_running_loop().create_task(self._wake())
-
-    async def _wake(self) -> None:
-        async with self._merged:
-            self._merged.notify_all()
+    def _on_merged(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        # wake every waiter of this generation; later waiters wait on a fresh event
+        event, self._merged_event = self._merged_event, asyncio.Event()
+        event.set()
 
     async def wait_merged(self, frame: int, timeout: float | None = None, *, poll: float = 0.5) -> None:
         """Return once ``frame`` is merged; ``TimeoutError`` if not within ``timeout`` seconds.
 
         Listens for the merger's NOTIFY and also polls, so a lost notification
-        only costs up to ``poll`` seconds.
+        (e.g. while the connection was down) only costs up to ``poll`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        listening = False
         while True:
+            try:
+                await self._ensure_listener()
+            except ConnectionLostError:
+                log.warning("cannot LISTEN for merges; polling every %.1fs", poll)
+            event = self._merged_event  # taken before the check: a merge after it sets this event
             row = await self._pool.fetchrow(query("frame_status"), self.world, frame)
             if row is not None and row["status"] == "merged":
                 return
-            if row is not None and row["status"] is None and row["horizon"] is not None and frame <= row["horizon"]:
+            below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
+            if below_horizon and row is not None and row["status"] is None:
                 raise FrameClosedError(
-                    f"frame {frame} of world {self.world!r} has no deltas and lies below the merged "
-                    "frames; it will never be merged",
+                    f"frame {frame} of world {self.world!r} has no deltas and lies below the "
+                    "merged frames; it will never be merged",
                     world=self.world,
                     frame=frame,
                 )
-            if not listening:
-                try:
-                    await self._ensure_listener()
-                    listening = True
-                    continue  # re-check: a merge may have landed before we listened
-                except ConnectionLostError:
-                    log.warning("cannot LISTEN; falling back to polling")
             wait = poll
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError(f"frame {frame} of world {self.world!r} not merged within {timeout}s")
                 wait = min(wait, remaining)
-            async with self._merged:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._merged.wait(), wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), wait)
 
 
 async def configure_world(
@@ -335,7 +330,9 @@ async def configure_world(
         seconds = close_after.total_seconds() if isinstance(close_after, timedelta) else float(close_after)
         interval = f"{seconds} seconds"
     try:
-        row = await executor.fetchrow(query("configure_world"), world, expected_streams, late_policy, interval)
+        row = await executor.fetchrow(
+            query("configure_world"), world, expected_streams, late_policy, interval
+        )
     except (OSError, asyncpg.PostgresError) as exc:
         raise map_db_error(exc) from exc
     assert row is not None

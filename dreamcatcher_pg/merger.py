@@ -87,7 +87,8 @@ class Merger:
 
     # -- connections --
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        payload = str(payload)
         world, _, _rest = payload.partition(":")
         # world names may hold ':'; a spurious wake-up is harmless, a missed one is not
         if world == self.world or payload.startswith(self.world + ":"):
@@ -155,7 +156,9 @@ class Merger:
             stats = orjson.loads(raw)
             info = await self._conn.fetchrow(query("merged_frame_info"), self.world, frame)
             assert info is not None
-            result = MergeResult(self.world, int(frame), int(stats["deltas"]), info["state_hash"], seconds, stats)
+            result = MergeResult(
+                self.world, int(frame), int(stats["deltas"]), info["state_hash"], seconds, stats
+            )
             self.stats.frames_merged += 1
             self.stats.deltas_merged += result.deltas
             self.stats.quarantined += int(stats["quarantined"])
@@ -258,7 +261,9 @@ class Merger:
         }
 
 
-async def run_mergers(dsn: str, worlds: list[str], *, poll_interval: float = 1.0, stop: asyncio.Event | None = None) -> None:
+async def run_mergers(
+    dsn: str, worlds: list[str], *, poll_interval: float = 1.0, stop: asyncio.Event | None = None
+) -> None:
     """Run one merger per world until ``stop`` is set."""
     stop = stop or asyncio.Event()
     mergers = [Merger(dsn, w, poll_interval=poll_interval) for w in worlds]

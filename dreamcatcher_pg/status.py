@@ -50,7 +50,7 @@ def render_status(worlds: list[dict[str, Any]]) -> Table:
         leader = "-"
         if w["leader"]:
             leader = f"{w['leader']} ({w['heartbeat_age']:.0f}s ago)"
-        keys = ", ".join(f"{k}×{n}" for k, n in sorted(w["unmerged_keys"].items())) or "-"
+        keys = ", ".join(f"{k} x{n}" for k, n in sorted(w["unmerged_keys"].items())) or "-"
         table.add_row(
             w["world"], str(w["frames_open"]), str(w["frames_closed"]), str(w["frames_merged"]),
             "-" if w["last_merged"] is None else str(w["last_merged"]), str(w["merge_lag_frames"]),
