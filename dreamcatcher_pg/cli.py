@@ -85,6 +85,11 @@ def cmd_init(args: argparse.Namespace, dsn: str) -> int:
     return 0
 
 
+def cmd_dsn(args: argparse.Namespace, dsn: str) -> int:
+    print(dsn)
+    return 0
+
+
 def cmd_world(args: argparse.Namespace, dsn: str) -> int:
     import asyncpg
 
@@ -173,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create or update the dreamcatcher schema (safe to run twice)")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "dsn",
+        help="print the DSN in use (with no --dsn/$DREAMCATCHER_DSN: the embedded server's; "
+        "it stays up while another dreamcatcher process, e.g. the merger, uses it)",
+    )
+    p.set_defaults(func=cmd_dsn)
 
     p = sub.add_parser("world", help="configure a world: expected streams, late policy, close deadline")
     p.add_argument("world", help="world name")

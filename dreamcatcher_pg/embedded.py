@@ -195,8 +195,7 @@ class EmbeddedPostgres:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for name, value in self._settings.items():
                 row = conn.execute(
-                    "SELECT current_setting(name), setting, context"
-                    " FROM pg_settings WHERE name = %s",
+                    "SELECT current_setting(name), setting, context FROM pg_settings WHERE name = %s",
                     (name,),
                 ).fetchone()
                 if row is None:
@@ -205,9 +204,7 @@ class EmbeddedPostgres:
                 if value.lower() in (str(shown).lower(), str(raw).lower()):
                     continue
                 conn.execute(
-                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                        sql.Identifier(name), sql.Literal(value)
-                    )
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
                 )
                 changed_contexts.append(str(context))
             if not changed_contexts:

@@ -1,0 +1,99 @@
+"""The test harness itself: a real PostgreSQL, a fresh migrated database per test."""
+
+from __future__ import annotations
+
+import os
+
+import asyncpg
+import psycopg
+import pytest
+
+from dreamcatcher_pg.testing import ENV_BACKEND, ServerInfo, database_dsn
+
+#: current_database() of each test that ran ``test_each_test_gets_its_own_database``.
+_seen_databases: list[str] = []
+
+
+async def test_fresh_database_has_the_schema(dreamcatcher_dsn: str) -> None:
+    conn = await asyncpg.connect(dreamcatcher_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('dreamcatcher.delta_log') IS NOT NULL")
+        assert await conn.fetchval("SELECT count(*) FROM dreamcatcher.delta_log") == 0
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_each_test_gets_its_own_database(
+    run: int, dreamcatcher_dsn: str, dreamcatcher_server_dsn: str
+) -> None:
+    conn = await asyncpg.connect(dreamcatcher_dsn)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        # What an earlier test left behind is not here...
+        assert await conn.fetchval("SELECT to_regclass('public.harness_marker')") is None
+        await conn.execute("CREATE TABLE public.harness_marker (run int)")
+    finally:
+        await conn.close()
+    assert name not in _seen_databases
+    server = await asyncpg.connect(dreamcatcher_server_dsn)
+    try:
+        existing = {r["datname"] for r in await server.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await server.close()
+    assert name in existing
+    # ...and the earlier test's database was dropped after it.
+    assert not existing.intersection(_seen_databases)
+    _seen_databases.append(name)
+
+
+async def test_it_is_really_postgresql(dreamcatcher_dsn: str, dreamcatcher_server_info: ServerInfo) -> None:
+    conn = await asyncpg.connect(dreamcatcher_dsn)
+    try:
+        version = await conn.fetchval("SELECT version()")
+        version_num = int(await conn.fetchval("SHOW server_version_num"))
+    finally:
+        await conn.close()
+    assert version.startswith("PostgreSQL ")
+    assert version_num == dreamcatcher_server_info.server_version_num
+    assert version_num >= 130000  # DROP DATABASE ... WITH (FORCE)
+    assert dreamcatcher_server_info.backend in ("dsn", "testcontainers", "embedded")
+    forced = os.environ.get(ENV_BACKEND, "auto")
+    if forced != "auto":
+        assert dreamcatcher_server_info.backend == forced
+
+
+async def test_keyword_dsn_converts_to_a_uri_both_drivers_accept(dreamcatcher_dsn: str) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(dreamcatcher_dsn)
+    keywords = psycopg.conninfo.make_conninfo("", **params)
+    dsn = database_dsn(keywords, str(params["dbname"]))
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT current_database()") == params["dbname"]
+    finally:
+        await conn.close()
+    with psycopg.connect(dsn) as sync_conn:
+        row = sync_conn.execute("SELECT current_database()").fetchone()
+    assert row == (params["dbname"],)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://u:p@db.example:5433/ci", "postgresql://u:p@db.example:5433/t1"),
+        ("postgres://u@h/ci?sslmode=disable", "postgres://u@h/t1?sslmode=disable"),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/x/pgdata",
+            "postgresql://postgres:@/t1?host=/tmp/x/pgdata",
+        ),
+        ("postgresql:///ci?host=/sock&dbname=ci", "postgresql:///t1?host=/sock"),
+        (
+            "host=/tmp/sock port=5432 user=postgres dbname=ci",
+            "postgresql://postgres@/t1?host=/tmp/sock&port=5432",
+        ),
+        ("host=127.0.0.1 user=u password=p@ss dbname=ci", "postgresql://u:p%40ss@127.0.0.1/t1"),
+        ("host=::1 port=5433 dbname=ci", "postgresql://[::1]:5433/t1"),
+    ],
+)
+def test_database_dsn(dsn: str, expected: str) -> None:
+    assert database_dsn(dsn, "t1") == expected
