@@ -37,22 +37,21 @@ def test_readme_gives_exactly_two_setup_commands() -> None:
 
 async def test_tour_merger_worker_and_time_travel(dreamcatcher_dsn: str) -> None:
     env = {**os.environ, "DREAMCATCHER_DSN": dreamcatcher_dsn}
-    merger = subprocess.Popen(
-        [sys.executable, "-m", "dreamcatcher_pg", "merger", "--poll-interval", "0.2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    merger = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dreamcatcher_pg", "merger", "--poll-interval", "0.2",
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
     try:
         worker = next(b for b in _blocks("python") if "DeltaClient.connect" in b)
-        done = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", worker], env=env, capture_output=True, text=True, timeout=60
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        assert done.returncode == 0, done.stderr
+        _, worker_err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, worker_err.decode()
     finally:
         merger.send_signal(signal.SIGTERM)
-        _, err = await asyncio.to_thread(merger.communicate, None, 30)
-    assert merger.returncode == 0, err
+        _, err = await asyncio.wait_for(merger.communicate(), 30)
+    assert merger.returncode == 0, err.decode()
 
     sql = re.sub(r"--[^\n]*", "", _blocks("sql")[0])
     statements = [s.strip() for s in sql.split(";") if s.strip()]
