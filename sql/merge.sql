@@ -202,6 +202,10 @@ CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint
 LANGUAGE plpgsql
 -- JIT compiles for seconds on plans over temp tables it cannot estimate; a merge never gains from it
 SET jit = off
+-- The cost of a merge must follow the frame's changes, not the size of the state: look entities
+-- up through their indexes even when the statistics of entity_versions are stale (a table that
+-- grew since its last ANALYZE looks tiny and would be read whole, once per frame).
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_status   text;
