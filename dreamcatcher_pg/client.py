@@ -172,7 +172,6 @@ class DeltaClient:
         and are listed in the error's ``receipts`` attribute.
         """
         prepared: list[tuple[Delta, str]] = []
-        seen: dict[tuple[int, Any], str] = {}
         for index, item in enumerate(deltas):
             if not isinstance(item, Mapping):
                 raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
@@ -181,23 +180,15 @@ class DeltaClient:
                 raise InvalidDeltaError(
                     f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
                 )
-            delta, text = prepare_delta(
-                item.get("frame"),
-                item.get("payload"),
-                item.get("utc"),
-                stream_id=self.stream_id,
-                max_payload_bytes=self._max_payload_bytes,
+            prepared.append(
+                prepare_delta(
+                    item.get("frame"),
+                    item.get("payload"),
+                    item.get("utc"),
+                    stream_id=self.stream_id,
+                    max_payload_bytes=self._max_payload_bytes,
+                )
             )
-            key = (delta.frame, delta.utc)
-            if key in seen:
-                if seen[key] != text:
-                    raise DeltaConflictError(
-                        f"deltas[{index}] repeats the key of an earlier item with another payload",
-                        key=(self.world, delta.frame, self.stream_id, delta.utc),
-                    )
-                continue
-            seen[key] = text
-            prepared.append((delta, text))
         if not prepared:
             return []
         statuses = await self._call(
@@ -328,7 +319,7 @@ async def configure_world(
     interval = None
     if close_after is not None:
         seconds = close_after.total_seconds() if isinstance(close_after, timedelta) else float(close_after)
-        interval = f"{seconds} seconds"
+        interval = timedelta(seconds=seconds)
     try:
         row = await executor.fetchrow(
             query("configure_world"), world, expected_streams, late_policy, interval

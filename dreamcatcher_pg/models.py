@@ -142,14 +142,15 @@ def prepare_delta(
             field="payload.stream_id",
         )
     try:
-        text = orjson.dumps(delta.payload).decode()
+        raw = orjson.dumps(delta.payload)
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise InvalidDeltaError(f"payload is not serializable as JSON: {exc}", field="payload") from None
-    if len(text) > max_payload_bytes:
+    if len(raw) > max_payload_bytes:
         raise InvalidDeltaError(
-            f"payload is {len(text)} bytes of JSON, over the limit of {max_payload_bytes}",
+            f"payload is {len(raw)} bytes of JSON, over the limit of {max_payload_bytes}",
             field="payload",
         )
+    text = raw.decode()
     if delta.utc is None:
         delta = delta.model_copy(update={"utc": now_utc()})
     return delta, text

@@ -30,15 +30,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
            END
 $$;
 
--- Rename the first alias present to its canonical name, unless the canonical
--- name is already there (then nothing is renamed and nothing is lost).
+-- Rename the first alias present (and not null) to its canonical name, unless the
+-- canonical name already holds a value (then nothing is renamed and nothing is lost).
 CREATE OR REPLACE FUNCTION dreamcatcher.jrename(j jsonb, canon text, aliases text[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
-               WHEN jsonb_typeof(j) <> 'object' OR j ? canon THEN j
+               WHEN jsonb_typeof(j) <> 'object' OR jsonb_typeof(j -> canon) IS DISTINCT FROM 'null' AND j ? canon THEN j
                ELSE coalesce((SELECT (j - a.name) || jsonb_build_object(canon, j -> a.name)
                               FROM unnest(aliases) WITH ORDINALITY AS a(name, n)
-                              WHERE j ? a.name ORDER BY a.n LIMIT 1), j)
+                              WHERE jsonb_typeof(j -> a.name) <> 'null' ORDER BY a.n LIMIT 1), j)
            END
 $$;
 
@@ -71,10 +71,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
            END
 $$;
 
--- Keys that describe the delta itself, not state: neither merged nor counted.
+-- Keys that describe the delta itself (its envelope: DESIGN.md §6), not state: neither
+-- merged nor counted.
 CREATE OR REPLACE FUNCTION dreamcatcher.is_meta_key(p_key text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT p_key IN ('frame', 'stream_id', 'utc', '_meta')
+    SELECT p_key IN ('frame', 'stream_id', 'utc', '_meta', 'completed_at')
 $$;
 
 -- Read one item under one rule: (kind, ekey, data, reason). kind 'tally' marks
@@ -235,7 +236,7 @@ BEGIN
         frame bigint, utc timestamptz, stream_id text COLLATE "C", rank integer, pos bigint,
         key text, item jsonb, kind text, ekey text, data jsonb, reason text) ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS _dc_changes (
-        kind text, ekey text, old jsonb, new jsonb, first_frame bigint) ON COMMIT DELETE ROWS;
+        kind text, ekey text, old jsonb, new jsonb, first_frame bigint, old_ctid tid) ON COMMIT DELETE ROWS;
     TRUNCATE _dc_deltas, _dc_items, _dc_changes;
 
     INSERT INTO _dc_deltas SELECT * FROM dreamcatcher.frame_deltas(p_world, p_frame);
@@ -262,9 +263,14 @@ BEGIN
     FROM _dc_items i WHERE i.reason IS NOT NULL
     ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos;
 
-    -- posts and agents: upsert, each field last-write-wins
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame)
-    SELECT p.kind, p.ekey, v.data, coalesce(v.data, '{}'::jsonb) || p.patch, coalesce(v.first_frame, p_frame)
+    -- Keyed entities. Every lookup of the current version goes through a LATERAL ... LIMIT 1
+    -- subquery: a parameterised index probe per changed entity, so the cost of a merge follows
+    -- the frame, whatever the planner believes about the size of the state.
+
+    -- posts and agents: upsert, each field last-write-wins (the last occurrence in apply order)
+    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
+    SELECT p.kind, p.ekey, v.data, coalesce(v.data, '{}'::jsonb) || p.patch,
+           coalesce(v.first_frame, p_frame), v.ctid
     FROM (SELECT f.kind, f.ekey, jsonb_object_agg(f.field, f.value) AS patch
           FROM (SELECT DISTINCT ON (i.kind, i.ekey, fv.key) i.kind, i.ekey, fv.key AS field, fv.value
                 FROM _dc_items i CROSS JOIN LATERAL jsonb_each(i.data) AS fv(key, value)
@@ -272,37 +278,50 @@ BEGIN
                 ORDER BY i.kind, i.ekey, fv.key,
                          i.frame DESC, i.utc DESC, i.stream_id DESC, i.rank DESC, i.pos DESC) f
           GROUP BY f.kind, f.ekey) p
-    LEFT JOIN dreamcatcher.entity_versions v
-           ON v.world = p_world AND v.kind = p.kind AND v.ekey = p.ekey AND v.valid_to IS NULL
+    LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
+                       WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
+                         AND c.valid_to IS NULL LIMIT 1) v ON true
     WHERE v.data IS NULL OR v.data || p.patch <> v.data;
 
-    -- comments, reactions, chapters: append, dedupe; the first occurrence wins
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame)
-    SELECT DISTINCT ON (i.kind, i.ekey) i.kind, i.ekey, NULL, i.data, p_frame
-    FROM _dc_items i
-    WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
-      AND NOT EXISTS (SELECT 1 FROM dreamcatcher.entity_versions v
-                      WHERE v.world = p_world AND v.kind = i.kind AND v.ekey = i.ekey AND v.valid_to IS NULL)
-    ORDER BY i.kind, i.ekey, i.frame, i.utc, i.stream_id, i.rank, i.pos;
+    -- comments, reactions, chapters: append, dedupe. Nothing is overwritten: the first
+    -- occurrence of each field wins, and a later occurrence may only add fields still missing
+    -- (a comment first seen as a bare id gets its author when the full comment arrives).
+    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
+    SELECT p.kind, p.ekey, v.data, p.patch || coalesce(v.data, '{}'::jsonb),
+           coalesce(v.first_frame, p_frame), v.ctid
+    FROM (SELECT f.kind, f.ekey, jsonb_object_agg(f.field, f.value) AS patch
+          FROM (SELECT DISTINCT ON (i.kind, i.ekey, fv.key) i.kind, i.ekey, fv.key AS field, fv.value
+                FROM _dc_items i CROSS JOIN LATERAL jsonb_each(i.data) AS fv(key, value)
+                WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
+                ORDER BY i.kind, i.ekey, fv.key, i.frame, i.utc, i.stream_id, i.rank, i.pos) f
+          GROUP BY f.kind, f.ekey) p
+    LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
+                       WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
+                         AND c.valid_to IS NULL LIMIT 1) v ON true
+    WHERE v.data IS NULL OR p.patch || v.data <> v.data;
 
-    -- books: chapter target last-write-wins (default 10); a book compiles in
-    -- the frame its count of chapters reaches the target, and stays compiled
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame)
-    SELECT 'book', b.book, v.data, n.data, coalesce(v.first_frame, p_frame)
-    FROM (SELECT DISTINCT i.data ->> 'book' AS book FROM _dc_items i
-          WHERE i.kind = 'chapter' AND i.reason IS NULL) b
-    LEFT JOIN dreamcatcher.entity_versions v
-           ON v.world = p_world AND v.kind = 'book' AND v.ekey = b.book AND v.valid_to IS NULL
+    -- books: chapter target last-write-wins (default 10); a book compiles in the frame its count
+    -- of chapters reaches the target, and stays compiled. One grouping pass over the frame.
+    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
+    SELECT 'book', b.book, v.data, n.data, coalesce(v.first_frame, p_frame), v.ctid
+    FROM (SELECT u.book, sum(u.new_chapter) AS new_chapters,
+                 (array_agg(u.target ORDER BY u.frame DESC, u.utc DESC, u.stream_id DESC, u.rank DESC, u.pos DESC)
+                      FILTER (WHERE u.target IS NOT NULL))[1] AS target
+          FROM (SELECT c.new ->> 'book' AS book, 1 AS new_chapter, NULL::bigint AS target,
+                       NULL::bigint AS frame, NULL::timestamptz AS utc, NULL::text COLLATE "C" AS stream_id,
+                       NULL::integer AS rank, NULL::bigint AS pos
+                FROM _dc_changes c WHERE c.kind = 'chapter' AND c.old IS NULL
+                UNION ALL
+                SELECT i.data ->> 'book', 0, dreamcatcher.jint(i.item -> 'target'),
+                       i.frame, i.utc, i.stream_id, i.rank, i.pos
+                FROM _dc_items i WHERE i.kind = 'chapter' AND i.reason IS NULL) u
+          GROUP BY u.book) b
+    LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
+                       WHERE c.world = p_world AND c.kind = 'book' AND c.ekey = b.book
+                         AND c.valid_to IS NULL LIMIT 1) v ON true
     CROSS JOIN LATERAL (
-        SELECT coalesce((SELECT dreamcatcher.jint(i.item -> 'target') FROM _dc_items i
-                         WHERE i.kind = 'chapter' AND i.reason IS NULL AND i.data ->> 'book' = b.book
-                           AND i.item ? 'target'
-                         ORDER BY i.frame DESC, i.utc DESC, i.stream_id DESC, i.rank DESC, i.pos DESC
-                         LIMIT 1),
-                        (v.data ->> 'target')::bigint, 10) AS target,
-               coalesce((v.data ->> 'chapters')::bigint, 0)
-               + (SELECT count(*) FROM _dc_changes c
-                  WHERE c.kind = 'chapter' AND c.new ->> 'book' = b.book) AS chapters
+        SELECT coalesce(b.target, (v.data ->> 'target')::bigint, 10) AS target,
+               coalesce((v.data ->> 'chapters')::bigint, 0) + b.new_chapters AS chapters
     ) t
     CROSS JOIN LATERAL (
         SELECT jsonb_build_object(
@@ -312,19 +331,15 @@ BEGIN
     ) n
     WHERE v.data IS DISTINCT FROM n.data;
 
-    -- observations: every one appended
+    -- observations: every one appended (their keys are positions in the log: always new)
     INSERT INTO _dc_changes (kind, ekey, old, new, first_frame)
     SELECT i.kind, i.ekey, NULL, i.data, p_frame
     FROM _dc_items i
-    WHERE i.kind = 'observation'
-      AND NOT EXISTS (SELECT 1 FROM dreamcatcher.entity_versions v
-                      WHERE v.world = p_world AND v.kind = i.kind AND v.ekey = i.ekey AND v.valid_to IS NULL);
+    WHERE i.kind = 'observation';
 
-    -- apply: close the old versions, then write the new ones
-    UPDATE dreamcatcher.entity_versions v SET valid_to = p_frame
-      FROM _dc_changes c
-     WHERE c.old IS NOT NULL AND v.world = p_world AND v.kind = c.kind AND v.ekey = c.ekey
-       AND v.valid_to IS NULL;
+    -- apply: close the old versions (found by ctid above, in this transaction), write the new ones
+    UPDATE dreamcatcher.entity_versions SET valid_to = p_frame
+     WHERE ctid = ANY (ARRAY(SELECT c.old_ctid FROM _dc_changes c WHERE c.old_ctid IS NOT NULL));
     INSERT INTO dreamcatcher.entity_versions (world, kind, ekey, data, first_frame, valid_from)
     SELECT p_world, c.kind, c.ekey, c.new, c.first_frame, p_frame FROM _dc_changes c;
 
@@ -347,7 +362,8 @@ BEGIN
                'tally_count', (SELECT coalesce(sum(CASE WHEN jsonb_typeof(item) = 'number' THEN dreamcatcher.jint(item)
                                                         ELSE dreamcatcher.jint(item -> 'count') END), 0)
                                FROM _dc_items WHERE kind = 'tally'),
-               'deferred', (SELECT count(*) FROM _dc_deltas d WHERE d.frame <> p_frame),
+               'deferred', (SELECT count(*) FROM dreamcatcher.deferred_log x
+                            WHERE x.world = p_world AND x.merged_in = p_frame),
                'unmerged_keys', coalesce((SELECT jsonb_object_agg(k.key, k.n)
                                           FROM (SELECT kv.key, count(*) AS n
                                                 FROM _dc_deltas d CROSS JOIN LATERAL jsonb_object_keys(d.payload) AS kv(key)

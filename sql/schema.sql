@@ -266,6 +266,7 @@ DECLARE
     v_policy text;
     v_late   bigint[] := '{}';
     v_result text[];
+    v_first  integer[];
     i        integer;
 BEGIN
     IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs)
@@ -287,10 +288,14 @@ BEGIN
         SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
     END IF;
 
-    WITH input AS (
-        SELECT i.ord::integer AS ord, i.frame, i.utc, i.payload, (i.frame = ANY (v_late)) AS is_late
+    WITH items AS (
+        SELECT i.ord::integer AS ord, i.frame, i.utc, i.payload, (i.frame = ANY (v_late)) AS is_late,
+               first_value(i.ord::integer) OVER w AS first_ord, first_value(i.payload) OVER w AS first_payload
         FROM unnest(p_frames, p_utcs, p_payloads) WITH ORDINALITY AS i(frame, utc, payload, ord)
+        WINDOW w AS (PARTITION BY i.frame, i.utc ORDER BY i.ord)
     ),
+    -- an item repeating the key of an earlier item of the batch takes that item's outcome
+    input AS (SELECT * FROM items WHERE ord = first_ord),
     -- a retry of a delta that is already stored is 'duplicate', even when its frame has closed since
     existing AS (
         SELECT i.ord, d.payload = i.payload AS same
@@ -313,19 +318,25 @@ BEGIN
     )
     SELECT array_agg(
                CASE
+                   WHEN r.ord <> r.first_ord THEN CASE WHEN r.payload = r.first_payload THEN 'repeat' ELSE 'conflict' END
                    WHEN e.ord IS NOT NULL THEN CASE WHEN e.same THEN 'duplicate' ELSE 'conflict' END
                    WHEN i.is_late AND v_policy <> 'defer' THEN 'late'
-                   WHEN EXISTS (SELECT 1 FROM inserted x
-                                WHERE x.frame = i.frame AND x.utc = i.utc AND x.payload = i.payload)
-                       THEN CASE WHEN i.is_late THEN 'deferred' ELSE 'stored' END
+                   WHEN x.payload = i.payload THEN CASE WHEN i.is_late THEN 'deferred' ELSE 'stored' END
                    ELSE NULL  -- lost a race with a concurrent insert of the same key: look again below
-               END ORDER BY i.ord)
-      INTO v_result
-      FROM input i LEFT JOIN existing e ON e.ord = i.ord;
+               END ORDER BY r.ord),
+           array_agg(r.first_ord ORDER BY r.ord)
+      INTO v_result, v_first
+      FROM items r
+      LEFT JOIN input i ON i.ord = r.ord
+      LEFT JOIN existing e ON e.ord = r.ord
+      LEFT JOIN inserted x ON x.frame = i.frame AND x.utc = i.utc;
 
     FOR i IN 1 .. coalesce(cardinality(v_result), 0) LOOP
         IF v_result[i] IS NULL THEN
             v_result[i] := dreamcatcher.append_delta(p_world, p_stream, p_frames[i], p_utcs[i], p_payloads[i]);
+        ELSIF v_result[i] = 'repeat' THEN
+            v_result[i] := CASE WHEN v_result[v_first[i]] IN ('stored', 'deferred') THEN 'duplicate'
+                                ELSE v_result[v_first[i]] END;
         END IF;
     END LOOP;
     RETURN coalesce(v_result, '{}');
