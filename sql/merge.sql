@@ -230,18 +230,21 @@ BEGIN
                       WHERE x.world = d.world AND x.frame = d.frame
                         AND x.stream_id = d.stream_id AND x.utc = d.utc);
 
-    CREATE TEMP TABLE IF NOT EXISTS _dc_deltas (
-        frame bigint, stream_id text COLLATE "C", utc timestamptz, payload jsonb) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS _dc_items (
-        frame bigint, utc timestamptz, stream_id text COLLATE "C", rank integer, pos bigint,
-        key text, item jsonb, kind text, ekey text, data jsonb, reason text) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS _dc_changes (
-        kind text, ekey text, old jsonb, new jsonb, first_frame bigint, old_ctid tid) ON COMMIT DELETE ROWS;
-    TRUNCATE _dc_deltas, _dc_items, _dc_changes;
+    -- scratch tables, made once per session; emptied at every commit
+    IF to_regclass('pg_temp._dc_changes') IS NULL THEN
+        CREATE TEMP TABLE _dc_deltas (
+            frame bigint, stream_id text COLLATE "C", utc timestamptz, payload jsonb) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE _dc_items (
+            frame bigint, utc timestamptz, stream_id text COLLATE "C", rank integer, pos bigint,
+            key text, item jsonb, kind text, ekey text, data jsonb, reason text) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE _dc_changes (
+            kind text, ekey text, old jsonb, new jsonb, first_frame bigint, old_ctid tid) ON COMMIT DELETE ROWS;
+    ELSIF EXISTS (SELECT 1 FROM _dc_deltas) OR EXISTS (SELECT 1 FROM _dc_changes) THEN
+        TRUNCATE _dc_deltas, _dc_items, _dc_changes;  -- a second merge in one transaction (replay)
+    END IF;
 
     INSERT INTO _dc_deltas SELECT * FROM dreamcatcher.frame_deltas(p_world, p_frame);
     GET DIAGNOSTICS v_deltas = ROW_COUNT;
-    ANALYZE _dc_deltas;
 
     -- explode every delta into the items its rules read
     INSERT INTO _dc_items
@@ -255,7 +258,6 @@ BEGIN
                                     ELSE jsonb_build_array(kv.value) END) WITH ORDINALITY AS e(item, pos)
     CROSS JOIN LATERAL dreamcatcher.read_item(kv.key, e.item, d.frame, d.stream_id, d.utc, e.pos) AS r
     WHERE dreamcatcher.rule_rank(kv.key) IS NOT NULL;
-    ANALYZE _dc_items;
 
     -- unreadable items: quarantined with their reason, never dropped
     INSERT INTO dreamcatcher.quarantine_log (world, frame, stream_id, utc, key, position, reason, item, merged_in)
