@@ -140,7 +140,12 @@ class Merger:
         return closed
 
     async def merge_available(self) -> list[MergeResult]:
-        """Merge every closed frame that is next in line. The caller must lead."""
+        """Merge every closed frame that is next in line. The caller must lead.
+
+        ``on_merged`` is called at most once per frame, after its commit: a
+        merger that loses its connection between the commit and the callback
+        does not call it (the frame is merged; its NOTIFY went out).
+        """
         assert self._conn is not None and self.stats.is_leader
         results = []
         while True:
@@ -154,11 +159,8 @@ class Merger:
             if raw is None:  # merged already (by an earlier run of ours that lost its ack)
                 continue
             stats = orjson.loads(raw)
-            info = await self._conn.fetchrow(query("merged_frame_info"), self.world, frame)
-            assert info is not None
-            result = MergeResult(
-                self.world, int(frame), int(stats["deltas"]), info["state_hash"], seconds, stats
-            )
+            state_hash = stats.pop("state_hash")
+            result = MergeResult(self.world, int(frame), int(stats["deltas"]), state_hash, seconds, stats)
             self.stats.frames_merged += 1
             self.stats.deltas_merged += result.deltas
             self.stats.quarantined += int(stats["quarantined"])

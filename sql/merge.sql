@@ -378,5 +378,5 @@ BEGIN
        SET status = 'merged', merged_at = clock_timestamp(), delta_count = v_deltas,
            state_acc = v_acc, state_hash = dreamcatcher.state_hash_text(v_acc), stats = v_stats
      WHERE world = p_world AND frame = p_frame;
-    RETURN v_stats;
+    RETURN v_stats || jsonb_build_object('state_hash', dreamcatcher.state_hash_text(v_acc));
 END $$;

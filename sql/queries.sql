@@ -50,10 +50,6 @@ SELECT dreamcatcher.claim_next_frame($1);
 -- name: merge_frame
 SELECT dreamcatcher.merge_frame($1, $2)::text;
 
--- name: merged_frame_info
-SELECT frame, delta_count, state_hash, extract(epoch FROM merged_at - closed_at)::float8 AS close_to_merged
-FROM dreamcatcher.frame_log WHERE world = $1 AND frame = $2;
-
 -- name: world_status
 SELECT w.world, w.late_policy, w.expected_streams, extract(epoch FROM w.close_after)::float8 AS close_after,
        w.horizon,
