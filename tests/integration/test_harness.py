@@ -97,3 +97,18 @@ async def test_keyword_dsn_converts_to_a_uri_both_drivers_accept(dreamcatcher_ds
 )
 def test_database_dsn(dsn: str, expected: str) -> None:
     assert database_dsn(dsn, "t1") == expected
+
+
+async def test_init_twice_is_safe_and_keeps_data(dreamcatcher_dsn: str) -> None:
+    from dreamcatcher_pg import DeltaClient
+    from dreamcatcher_pg.schema import init_database
+
+    async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w") as dc:
+        await dc.insert_delta(1, {"observations": [1]})
+    await init_database(dreamcatcher_dsn)
+    await init_database(dreamcatcher_dsn)
+    conn = await asyncpg.connect(dreamcatcher_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM dreamcatcher.deltas") == 1
+    finally:
+        await conn.close()
