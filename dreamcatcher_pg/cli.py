@@ -39,7 +39,8 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
-def configure_logging(fmt: str, verbose: int) -> None:
+def configure_logging(fmt: str, verbose: int, *, service: bool = False) -> None:
+    """Log to stderr. Services (the merger) log at INFO; one-shot commands only warn unless -v."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
@@ -48,7 +49,10 @@ def configure_logging(fmt: str, verbose: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("dreamcatcher_pg").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    quiet = logging.INFO if service else logging.WARNING
+    logging.getLogger("dreamcatcher_pg").setLevel(
+        logging.DEBUG if verbose > 1 else logging.INFO if verbose else quiet
+    )
 
 
 @contextlib.contextmanager
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    configure_logging(args.log_format or settings.log_format, args.verbose)
+    configure_logging(args.log_format or settings.log_format, args.verbose, service=args.command == "merger")
     func: Command = args.func
     try:
         with resolve_dsn(args, settings) as dsn:
