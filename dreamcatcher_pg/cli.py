@@ -86,6 +86,11 @@ def cmd_init(args: argparse.Namespace, dsn: str) -> int:
 
     asyncio.run(init_database(dsn))
     print("schema dreamcatcher is up to date")
+    if args.roles:
+        from .roles import create_roles
+
+        for name in asyncio.run(create_roles(dsn, prefix=args.role_prefix)):
+            print(f"role {name} is up to date")
     return 0
 
 
@@ -129,7 +134,13 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await run_mergers(dsn, args.worlds or ["default"], poll_interval=args.poll_interval, stop=stop)
+        await run_mergers(
+            dsn,
+            args.worlds or ["default"],
+            poll_interval=args.poll_interval,
+            stop=stop,
+            metrics_port=args.metrics_port,
+        )
 
     asyncio.run(run())
     return 0
@@ -181,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create or update the dreamcatcher schema (safe to run twice)")
+    p.add_argument(
+        "--roles", action="store_true", help="also create the worker, merger and reader roles (docs/roles)"
+    )
+    p.add_argument("--role-prefix", default="dreamcatcher", help="prefix of the role names")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
@@ -204,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--world", dest="worlds", action="append", help="world to merge (repeatable; default: default)"
     )
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1.0)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.set_defaults(func=cmd_merger)
 
     p = sub.add_parser("status", help="worlds, frames, lag, late deltas, quarantine, leader")
@@ -213,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="--watch refresh interval in seconds")
     p.set_defaults(func=cmd_status)
 
-    from . import demo, ingest
+    from . import demo, ingest, timetravel
 
     ingest.register(sub)
     demo.register(sub)
+    timetravel.register(sub)
     return parser
 
 

@@ -45,7 +45,8 @@ class MergeResult:
     frame: int
     deltas: int
     state_hash: str
-    seconds: float
+    seconds: float  #: the merge transaction, as the merger timed it
+    close_to_merged: float  #: from the frame's close to its merge, in the database's clock
     stats: dict[str, Any]
 
 
@@ -160,7 +161,10 @@ class Merger:
                 continue
             stats = orjson.loads(raw)
             state_hash = stats.pop("state_hash")
-            result = MergeResult(self.world, int(frame), int(stats["deltas"]), state_hash, seconds, stats)
+            close_to_merged = float(stats.pop("close_to_merged") or 0.0)
+            result = MergeResult(
+                self.world, int(frame), int(stats["deltas"]), state_hash, seconds, close_to_merged, stats
+            )
             self.stats.frames_merged += 1
             self.stats.deltas_merged += result.deltas
             self.stats.quarantined += int(stats["quarantined"])
@@ -264,9 +268,18 @@ class Merger:
 
 
 async def run_mergers(
-    dsn: str, worlds: list[str], *, poll_interval: float = 1.0, stop: asyncio.Event | None = None
+    dsn: str,
+    worlds: list[str],
+    *,
+    poll_interval: float = 1.0,
+    stop: asyncio.Event | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """Run one merger per world until ``stop`` is set."""
+    """Run one merger per world until ``stop`` is set (optionally serving metrics)."""
     stop = stop or asyncio.Event()
     mergers = [Merger(dsn, w, poll_interval=poll_interval) for w in worlds]
+    if metrics_port is not None:
+        from .metrics import start_metrics_server
+
+        start_metrics_server(metrics_port, mergers)
     await asyncio.gather(*(m.run(stop) for m in mergers))

@@ -378,5 +378,8 @@ BEGIN
        SET status = 'merged', merged_at = clock_timestamp(), delta_count = v_deltas,
            state_acc = v_acc, state_hash = dreamcatcher.state_hash_text(v_acc), stats = v_stats
      WHERE world = p_world AND frame = p_frame;
-    RETURN v_stats || jsonb_build_object('state_hash', dreamcatcher.state_hash_text(v_acc));
+    RETURN v_stats || jsonb_build_object(
+        'state_hash', dreamcatcher.state_hash_text(v_acc),
+        'close_to_merged', (SELECT extract(epoch FROM f.merged_at - f.closed_at)::float8
+                            FROM dreamcatcher.frame_log f WHERE f.world = p_world AND f.frame = p_frame));
 END $$;
