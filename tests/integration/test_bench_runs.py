@@ -1,0 +1,70 @@
+"""``python -m bench`` runs end to end and prints its report; its speed is never asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Every row a run reports, whatever the size (the JSON contract of bench/).
+ROW_NAMES = (
+    "ingest_single",
+    "ingest_batch",
+    "notify_ceiling",
+    "latency_p50",
+    "latency_p99",
+    "merge_throughput",
+    "merge_flatness",
+    "asof_posts",
+    "asof_post_lookup",
+    "merger_rss",
+    "peer",
+)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--dsn", dreamcatcher_server_dsn, "--size", "tiny", "--json-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert report["bench"] == "dreamcatcher"
+    assert report["size"] == "tiny"
+    assert report["errors"] == []
+    assert _number(report["machine"]["cores"])
+    assert report["machine"]["pg_version"]
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(ROW_NAMES) <= set(rows)
+    for row in report["rows"]:
+        assert set(row) >= {"name", "ours", "ceiling", "unit", "ratio", "target", "ok"}, row
+        assert row["ok"] in (True, False, None), row
+        if row["skipped"]:
+            assert row["note"].startswith("skipped"), row
+            continue
+        for key in ("ours", "ceiling", "ratio"):
+            assert _number(row[key]), (key, row)
+        assert row["unit"], row
+
+    # the run worked in a scratch database of its own, and dropped it
+    assert report["database"].startswith("dc_bench_")
+    with psycopg.connect(dreamcatcher_server_dsn) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (report["database"],)).fetchone()
+    assert row is None
