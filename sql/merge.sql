@@ -33,14 +33,21 @@ $$;
 -- Rename the first alias present (and not null) to its canonical name, unless the
 -- canonical name already holds a value (then nothing is renamed and nothing is lost).
 CREATE OR REPLACE FUNCTION dreamcatcher.jrename(j jsonb, canon text, aliases text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE
-               WHEN jsonb_typeof(j) <> 'object' OR jsonb_typeof(j -> canon) IS DISTINCT FROM 'null' AND j ? canon THEN j
-               ELSE coalesce((SELECT (j - a.name) || jsonb_build_object(canon, j -> a.name)
-                              FROM unnest(aliases) WITH ORDINALITY AS a(name, n)
-                              WHERE jsonb_typeof(j -> a.name) <> 'null' ORDER BY a.n LIMIT 1), j)
-           END
-$$;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    a text;
+BEGIN
+    IF jsonb_typeof(j) <> 'object' OR NOT (j ?| aliases)
+       OR (j ? canon AND jsonb_typeof(j -> canon) <> 'null') THEN
+        RETURN j;
+    END IF;
+    FOREACH a IN ARRAY aliases LOOP
+        IF jsonb_typeof(j -> a) <> 'null' THEN
+            RETURN (j - a) || jsonb_build_object(canon, j -> a);
+        END IF;
+    END LOOP;
+    RETURN j;
+END $$;
 
 -- The 64-bit content hash of one entity version (kind, key, data).
 CREATE OR REPLACE FUNCTION dreamcatcher.entity_hash(p_kind text, p_ekey text, p_data jsonb) RETURNS numeric
@@ -100,7 +107,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         SELECT 'agent', a, d || jsonb_build_object('id', a),
                CASE WHEN ty.t <> 'object' THEN 'agent update is not an object'
                     WHEN a IS NULL THEN 'agent update has no id' END
-        FROM (SELECT dreamcatcher.jrename(p_item, 'id', ARRAY['agent_id', 'agent']) AS d) x
+        FROM (SELECT dreamcatcher.jrename(p_item, 'id', ARRAY['agent_id', 'agent']) AS d OFFSET 0) x
         CROSS JOIN LATERAL (SELECT dreamcatcher.jtext(x.d -> 'id') AS a) y
         WHERE p_key = 'agents_updated'
       UNION ALL
@@ -120,7 +127,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                                  'reply_to', ARRAY['replied_to', 'replyTo', 'target']),
                                  'body', ARRAY['content', 'summary'])
                          ELSE '{}'::jsonb
-                     END AS d) x
+                     END AS d
+              OFFSET 0) x  -- computed once per item, not once per use of d
         CROSS JOIN LATERAL (SELECT dreamcatcher.jtext(x.d -> 'id') AS cid) y
         WHERE p_key = 'comments_added'
       UNION ALL
@@ -203,6 +211,8 @@ CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint
 LANGUAGE plpgsql
 -- JIT compiles for seconds on plans over temp tables it cannot estimate; a merge never gains from it
 SET jit = off
+-- sorts of a big frame stay in memory
+SET work_mem = '64MB'
 -- The cost of a merge must follow the frame's changes, not the size of the state: look entities
 -- up through their indexes even when the statistics of entity_versions are stale (a table that
 -- grew since its last ANALYZE looks tiny and would be read whole, once per frame).

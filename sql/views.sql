@@ -23,14 +23,33 @@ CREATE OR REPLACE VIEW dreamcatcher.late_attempts AS
     SELECT l.world, l.frame, l.stream_id, l.utc, l.policy, l.payload, l.attempted_at, l.id
     FROM dreamcatcher.late_log l;
 
--- All entities of one kind as they were right after `frame` merged.
+-- All entities of one kind as they were right after `frame` merged: the current versions
+-- that already existed then, plus the closed versions whose [valid_from, valid_to) holds the
+-- frame (found through the GiST index entity_versions_history), so the cost follows the
+-- size of the answer, not the length of the history.
 CREATE OR REPLACE FUNCTION dreamcatcher.entities_at(p_world text, p_kind text, p_frame bigint)
 RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
 LANGUAGE sql STABLE AS $$
     SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
     FROM dreamcatcher.entity_versions v
-    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_from <= p_frame
+    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_to IS NULL AND v.valid_from <= p_frame
+    UNION ALL
+    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
+    FROM dreamcatcher.entity_versions v
+    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_to IS NOT NULL
+      AND int8range(v.valid_from, v.valid_to) @> p_frame
+$$;
+
+-- One entity (kind, ekey) as it was right after `frame` merged: an index probe, whatever the history.
+CREATE OR REPLACE FUNCTION dreamcatcher.entity_at(p_world text, p_kind text, p_ekey text, p_frame bigint)
+RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
+    FROM dreamcatcher.entity_versions v
+    WHERE v.world = p_world AND v.kind = p_kind AND v.ekey = p_ekey AND v.valid_from <= p_frame
       AND (v.valid_to IS NULL OR v.valid_to > p_frame)
+    ORDER BY v.valid_from DESC
+    LIMIT 1
 $$;
 
 -- Current state (same shape as entities_at).
@@ -47,6 +66,14 @@ RETURNS TABLE (world text, number bigint, data jsonb, first_frame bigint, last_f
 LANGUAGE sql STABLE AS $$
     SELECT e.world, (e.data ->> 'number')::bigint, e.data, e.first_frame, e.last_frame
     FROM dreamcatcher.entities_at(p_world, 'post', p_frame) e
+$$;
+
+-- One post as it was right after `frame` merged (uses the primary key).
+CREATE OR REPLACE FUNCTION dreamcatcher.post_at(p_world text, p_number bigint, p_frame bigint)
+RETURNS TABLE (world text, number bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, (e.data ->> 'number')::bigint, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entity_at(p_world, 'post', p_number::text, p_frame) e
 $$;
 
 -- agents ---------------------------------------------------------------------
@@ -132,12 +159,9 @@ $$;
 CREATE OR REPLACE FUNCTION dreamcatcher.diff(p_world text, p_frame_a bigint, p_frame_b bigint)
 RETURNS TABLE (kind text, ekey text, change text, before jsonb, after jsonb, fields text[])
 LANGUAGE sql STABLE AS $$
-    WITH a AS (SELECT v.kind, v.ekey, v.data FROM dreamcatcher.entity_versions v
-               WHERE v.world = p_world AND v.valid_from <= p_frame_a
-                 AND (v.valid_to IS NULL OR v.valid_to > p_frame_a)),
-         b AS (SELECT v.kind, v.ekey, v.data FROM dreamcatcher.entity_versions v
-               WHERE v.world = p_world AND v.valid_from <= p_frame_b
-                 AND (v.valid_to IS NULL OR v.valid_to > p_frame_b))
+    WITH kinds AS (SELECT unnest(ARRAY['post', 'agent', 'comment', 'reaction', 'chapter', 'book', 'observation']) AS kind),
+         a AS (SELECT e.kind, e.ekey, e.data FROM kinds k CROSS JOIN LATERAL dreamcatcher.entities_at(p_world, k.kind, p_frame_a) e),
+         b AS (SELECT e.kind, e.ekey, e.data FROM kinds k CROSS JOIN LATERAL dreamcatcher.entities_at(p_world, k.kind, p_frame_b) e)
     SELECT coalesce(a.kind, b.kind), coalesce(a.ekey, b.ekey),
            CASE WHEN a.data IS NULL THEN 'added' WHEN b.data IS NULL THEN 'removed' ELSE 'changed' END,
            a.data, b.data,

@@ -1,0 +1,258 @@
+-- dreamcatcher_pg roles: untrusted writers.
+--
+-- Applied by `dreamcatcher init --roles` (dreamcatcher_pg.roles.create_roles), never by
+-- a plain `init`. Apply schema.sql, merge.sql and views.sql first. Safe to run twice.
+--
+-- The model:
+--   * A worker appends deltas only through dreamcatcher.append_delta, append_deltas and
+--     close_frame. Here they become SECURITY DEFINER (they run with their owner's
+--     rights); a worker has no privilege on any table it could write, so those three
+--     functions are its only way in.
+--   * Who may write which stream is data: dreamcatcher.stream_owners maps
+--     (world, stream_id) to a role. The login role of the session (session_user; SET ROLE
+--     does not change it) may write a stream when it is a member of the stream's role,
+--     and may close frames of the worlds where it owns at least one stream.
+--   * The check is made by triggers on the tables those functions write (delta_log,
+--     late_log, frame_log, worlds), so the bodies of the functions stay in schema.sql.
+--     A session whose login role holds the table privilege itself (the schema owner,
+--     superusers, the merger for frame_log) could make that write directly anyway: it is
+--     not checked. Everybody else must own the stream (or the world).
+--   * Re-applying schema.sql (plain `init`) turns the three functions back into SECURITY
+--     INVOKER: workers then fail closed (42501) until `init --roles` runs again.
+
+CREATE TABLE IF NOT EXISTS dreamcatcher.stream_owners (
+    world      text        NOT NULL CHECK (world <> '' AND length(world) <= 200),
+    stream_id  text        NOT NULL CHECK (stream_id <> '' AND length(stream_id) <= 200),
+    role_name  name        NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (world, stream_id)
+);
+CREATE INDEX IF NOT EXISTS stream_owners_role ON dreamcatcher.stream_owners (role_name);
+
+-- ---------------------------------------------------------------------------
+-- The checks. SECURITY DEFINER so that they read stream_owners whoever asks;
+-- a worker may call them to learn what it may write.
+-- ---------------------------------------------------------------------------
+
+-- May the session's login role write stream p_stream of world p_world?
+CREATE OR REPLACE FUNCTION dreamcatcher.session_owns_stream(p_world text, p_stream text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM dreamcatcher.stream_owners o
+        JOIN pg_catalog.pg_roles r ON r.rolname = o.role_name
+        WHERE o.world = p_world AND o.stream_id = p_stream
+          AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
+$$;
+
+-- Does the session's login role own at least one stream of world p_world?
+CREATE OR REPLACE FUNCTION dreamcatcher.session_writes_world(p_world text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM dreamcatcher.stream_owners o
+        JOIN pg_catalog.pg_roles r ON r.rolname = o.role_name
+        WHERE o.world = p_world
+          AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
+$$;
+
+-- delta_log: every row of the statement must be of a stream the session owns.
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_delta_log_owner() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF has_table_privilege(session_user, TG_RELID, 'INSERT') THEN
+        RETURN NULL;
+    END IF;
+    FOR r IN SELECT DISTINCT n.world, n.stream_id FROM new_rows n LOOP
+        IF NOT dreamcatcher.session_owns_stream(r.world, r.stream_id) THEN
+            RAISE EXCEPTION 'role % may not write stream % of world %',
+                            session_user, quote_literal(r.stream_id), quote_literal(r.world)
+                USING ERRCODE = '42501',
+                      HINT = 'The stream''s owner is set with dreamcatcher.grant_stream(world, stream_id, role).';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER delta_log_check_owner
+    AFTER INSERT ON dreamcatcher.delta_log
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dreamcatcher.tg_delta_log_owner();
+
+-- late_log: a late attempt is recorded only for a stream the session owns.
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_late_log_owner() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF has_table_privilege(session_user, TG_RELID, 'INSERT') THEN
+        RETURN NEW;  -- (a separate IF: the check function is not even looked up then)
+    END IF;
+    IF NOT dreamcatcher.session_owns_stream(NEW.world, NEW.stream_id) THEN
+        RAISE EXCEPTION 'role % may not write stream % of world %',
+                        session_user, quote_literal(NEW.stream_id), quote_literal(NEW.world)
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER late_log_check_owner
+    BEFORE INSERT ON dreamcatcher.late_log
+    FOR EACH ROW EXECUTE FUNCTION dreamcatcher.tg_late_log_owner();
+
+-- frame_log and worlds: a frame is opened or closed (and a world created) only in a world
+-- where the session owns a stream.
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_world_writer() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF has_table_privilege(session_user, TG_RELID, TG_OP) THEN
+        RETURN NEW;  -- (a separate IF: the check function is not even looked up then)
+    END IF;
+    IF NOT dreamcatcher.session_writes_world(NEW.world) THEN
+        RAISE EXCEPTION 'role % may not open or close frames of world %', session_user, quote_literal(NEW.world)
+            USING ERRCODE = '42501',
+                  HINT = 'A worker closes frames only in worlds where it owns a stream.';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER frame_log_check_writer
+    BEFORE INSERT OR UPDATE ON dreamcatcher.frame_log
+    FOR EACH ROW EXECUTE FUNCTION dreamcatcher.tg_world_writer();
+
+CREATE OR REPLACE TRIGGER worlds_check_writer
+    BEFORE INSERT OR UPDATE ON dreamcatcher.worlds
+    FOR EACH ROW EXECUTE FUNCTION dreamcatcher.tg_world_writer();
+
+-- ---------------------------------------------------------------------------
+-- The worker's entry points run with their owner's rights. A pinned search_path:
+-- nothing a caller creates can stand in for what they call.
+-- ---------------------------------------------------------------------------
+ALTER FUNCTION dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dreamcatcher.append_deltas(text, text, bigint[], timestamptz[], jsonb[])
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dreamcatcher.close_frame(text, bigint, text)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+REVOKE EXECUTE ON FUNCTION dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.append_deltas(text, text, bigint[], timestamptz[], jsonb[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.session_owns_stream(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.session_writes_world(text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Stream ownership, managed by the schema owner.
+-- ---------------------------------------------------------------------------
+
+-- Let members of p_role write stream p_stream of world p_world (replaces its owner).
+CREATE OR REPLACE FUNCTION dreamcatcher.grant_stream(p_world text, p_stream text, p_role name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_role) THEN
+        RAISE EXCEPTION 'role % does not exist', quote_ident(p_role) USING ERRCODE = '42704';
+    END IF;
+    INSERT INTO dreamcatcher.stream_owners (world, stream_id, role_name)
+    VALUES (p_world, p_stream, p_role)
+    ON CONFLICT (world, stream_id) DO UPDATE
+       SET role_name = excluded.role_name, granted_at = excluded.granted_at
+     WHERE stream_owners.role_name IS DISTINCT FROM excluded.role_name;
+END $$;
+
+-- Nobody may write the stream any more (but the owner and superusers). True if it had an owner.
+CREATE OR REPLACE FUNCTION dreamcatcher.revoke_stream(p_world text, p_stream text) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM dreamcatcher.stream_owners WHERE world = p_world AND stream_id = p_stream
+                  RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone)
+$$;
+
+REVOKE EXECUTE ON FUNCTION dreamcatcher.grant_stream(text, text, name) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.revoke_stream(text, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- The roles: <prefix>_worker, <prefix>_merger, <prefix>_reader (NOLOGIN group roles;
+-- grant them to login users). Roles are cluster-wide, privileges per database: run
+-- this in every database that holds a dreamcatcher schema. Returns the role names.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.install_roles(p_prefix text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_reader text := p_prefix || '_reader';
+    v_worker text := p_prefix || '_worker';
+    v_merger text := p_prefix || '_merger';
+    v_owner  name;
+    v_role   text;
+    r        record;
+BEGIN
+    IF p_prefix IS NULL OR p_prefix = '' OR octet_length(v_reader) > 63 OR octet_length(v_worker) > 63
+       OR octet_length(v_merger) > 63 THEN
+        RAISE EXCEPTION 'role prefix % is empty or too long (a role name has at most 63 bytes)',
+                        quote_literal(coalesce(p_prefix, '')) USING ERRCODE = '22023';
+    END IF;
+
+    FOREACH v_role IN ARRAY ARRAY[v_reader, v_worker, v_merger] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created meanwhile by a run on another database of the cluster
+            END;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role AND (rolsuper OR rolbypassrls)) THEN
+            RAISE EXCEPTION 'role % exists and is a superuser or bypasses row security; '
+                            'refusing to use it as a dreamcatcher group role', quote_ident(v_role)
+                USING ERRCODE = '42501';
+        END IF;
+    END LOOP;
+
+    EXECUTE format('GRANT USAGE ON SCHEMA dreamcatcher TO %I, %I, %I', v_reader, v_worker, v_merger);
+
+    -- reader: the views; the time-travel functions (*_at, diff) read entity_versions with
+    -- the caller's rights, so it may read that table too
+    FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
+             WHERE c.relnamespace = 'dreamcatcher'::regnamespace AND c.relkind IN ('v', 'm') LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, v_reader);
+    END LOOP;
+    EXECUTE format('GRANT SELECT ON dreamcatcher.entity_versions TO %I', v_reader);
+
+    -- worker: reads what the reader reads, plus the frame status (DeltaClient.frame_status,
+    -- wait_merged); writes only through the three entry points
+    EXECUTE format('GRANT %I TO %I', v_reader, v_worker);
+    EXECUTE format('GRANT SELECT ON dreamcatcher.worlds, dreamcatcher.frame_log TO %I', v_worker);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb),'
+                   ' dreamcatcher.append_deltas(text, text, bigint[], timestamptz[], jsonb[]),'
+                   ' dreamcatcher.close_frame(text, bigint, text),'
+                   ' dreamcatcher.session_owns_stream(text, text),'
+                   ' dreamcatcher.session_writes_world(text) TO %I', v_worker);
+
+    -- merger: reads everything, writes the state, never the log
+    EXECUTE format('GRANT %I TO %I', v_reader, v_merger);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dreamcatcher TO %I', v_merger);
+    EXECUTE format('GRANT INSERT, UPDATE ON dreamcatcher.entity_versions, dreamcatcher.mergers TO %I', v_merger);
+    EXECUTE format('GRANT INSERT ON dreamcatcher.quarantine_log, dreamcatcher.deferred_log TO %I', v_merger);
+    EXECUTE format('GRANT UPDATE ON dreamcatcher.frame_log, dreamcatcher.worlds TO %I', v_merger);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) TO %I', v_merger);
+    EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), v_merger);  -- merge scratch tables
+
+    -- NOTIFY and advisory locks: pg_notify and the lock functions are executable by PUBLIC.
+    -- A worker holding a world's leader lock (or its world lock) would stall the merger
+    -- for as long as it likes, so in this database only the merger and the schema owner
+    -- may call them. The NOTIFY command itself cannot be revoked (see docs: Roles).
+    SELECT p.proowner::regrole::name INTO v_owner FROM pg_proc p
+     WHERE p.oid = 'dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb)'::regprocedure;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
+        FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+                 WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                   AND (p.proname = 'pg_notify'
+                        OR p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$') LOOP
+            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I, %I', r.fn, v_merger, v_owner);
+        END LOOP;
+    ELSE
+        RAISE WARNING 'not a superuser: pg_notify and the advisory-lock functions stay executable by PUBLIC'
+            USING HINT = 'Run `dreamcatcher init --roles` as a superuser so that workers cannot take the merger''s locks.';
+    END IF;
+
+    RETURN ARRAY[v_worker, v_merger, v_reader];
+END $$;
+
+REVOKE EXECUTE ON FUNCTION dreamcatcher.install_roles(text) FROM PUBLIC;
