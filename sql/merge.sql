@@ -62,6 +62,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     FROM (SELECT mod(mod(p_acc, 18446744073709551616) + 18446744073709551616, 18446744073709551616) AS m) s
 $$;
 
+-- Fold JSON objects left to right with ||: a later object's top-level fields win. Ordered by
+-- apply order this is "each field last-write-wins"; ordered backwards, "first write wins".
+DO $$
+BEGIN
+    IF to_regprocedure('dreamcatcher.jsonb_fold(jsonb)') IS NULL THEN
+        CREATE AGGREGATE dreamcatcher.jsonb_fold(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb, INITCOND = '{}');
+    END IF;
+END $$;
+
 -- ---------------------------------------------------------------------------
 -- The rules: which delta keys are read, in which order within a delta.
 -- ---------------------------------------------------------------------------
@@ -211,8 +220,9 @@ CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint
 LANGUAGE plpgsql
 -- JIT compiles for seconds on plans over temp tables it cannot estimate; a merge never gains from it
 SET jit = off
--- sorts of a big frame stay in memory
+-- sorts of a big frame stay in memory; memoizing per-item JSON functions never hits
 SET work_mem = '64MB'
+SET enable_memoize = off
 -- The cost of a merge must follow the frame's changes, not the size of the state: look entities
 -- up through their indexes even when the statistics of entity_versions are stale (a table that
 -- grew since its last ANALYZE looks tiny and would be read whole, once per frame).
@@ -283,13 +293,11 @@ BEGIN
     INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
     SELECT p.kind, p.ekey, v.data, coalesce(v.data, '{}'::jsonb) || p.patch,
            coalesce(v.first_frame, p_frame), v.ctid
-    FROM (SELECT f.kind, f.ekey, jsonb_object_agg(f.field, f.value) AS patch
-          FROM (SELECT DISTINCT ON (i.kind, i.ekey, fv.key) i.kind, i.ekey, fv.key AS field, fv.value
-                FROM _dc_items i CROSS JOIN LATERAL jsonb_each(i.data) AS fv(key, value)
-                WHERE i.kind IN ('post', 'agent') AND i.reason IS NULL
-                ORDER BY i.kind, i.ekey, fv.key,
-                         i.frame DESC, i.utc DESC, i.stream_id DESC, i.rank DESC, i.pos DESC) f
-          GROUP BY f.kind, f.ekey) p
+    FROM (SELECT i.kind, i.ekey,
+                 dreamcatcher.jsonb_fold(i.data ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos) AS patch
+          FROM _dc_items i
+          WHERE i.kind IN ('post', 'agent') AND i.reason IS NULL
+          GROUP BY i.kind, i.ekey) p
     LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
                        WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
                          AND c.valid_to IS NULL LIMIT 1) v ON true
@@ -301,12 +309,12 @@ BEGIN
     INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
     SELECT p.kind, p.ekey, v.data, p.patch || coalesce(v.data, '{}'::jsonb),
            coalesce(v.first_frame, p_frame), v.ctid
-    FROM (SELECT f.kind, f.ekey, jsonb_object_agg(f.field, f.value) AS patch
-          FROM (SELECT DISTINCT ON (i.kind, i.ekey, fv.key) i.kind, i.ekey, fv.key AS field, fv.value
-                FROM _dc_items i CROSS JOIN LATERAL jsonb_each(i.data) AS fv(key, value)
-                WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
-                ORDER BY i.kind, i.ekey, fv.key, i.frame, i.utc, i.stream_id, i.rank, i.pos) f
-          GROUP BY f.kind, f.ekey) p
+    FROM (SELECT i.kind, i.ekey,
+                 dreamcatcher.jsonb_fold(i.data ORDER BY i.frame DESC, i.utc DESC, i.stream_id DESC,
+                                                         i.rank DESC, i.pos DESC) AS patch
+          FROM _dc_items i
+          WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
+          GROUP BY i.kind, i.ekey) p
     LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
                        WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
                          AND c.valid_to IS NULL LIMIT 1) v ON true
