@@ -284,6 +284,25 @@ BEGIN
     SELECT w.late_policy, w.expected_streams INTO v_policy, v_expected
       FROM dreamcatcher.worlds w WHERE w.world = p_world;
 
+    -- Fast path, the common case: every frame open and every key new. One plain INSERT; any
+    -- repeated or existing key raises unique_violation, which undoes it and takes the exact path.
+    IF cardinality(v_late) = 0 THEN
+        BEGIN
+            INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload)
+            SELECT p_world, x.f, p_stream, x.u, x.p FROM unnest(p_frames, p_utcs, p_payloads) AS x(f, u, p);
+            IF p_stream = ANY (v_expected) THEN
+                FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f LOOP
+                    PERFORM dreamcatcher.note_expected_stream(
+                        p_world, p_stream, v_frame,
+                        ARRAY(SELECT u FROM unnest(p_frames, p_utcs) AS x(f, u) WHERE x.f = v_frame));
+                END LOOP;
+            END IF;
+            RETURN array_fill('stored'::text, ARRAY[cardinality(p_frames)]);
+        EXCEPTION WHEN unique_violation THEN
+            NULL;  -- a retry or a repeat in the batch: sort it out below
+        END;
+    END IF;
+
     WITH items AS (
         SELECT i.ord::integer AS ord, i.frame, i.utc, i.payload, (i.frame = ANY (v_late)) AS is_late,
                first_value(i.ord::integer) OVER w AS first_ord, first_value(i.payload) OVER w AS first_payload
