@@ -40,6 +40,22 @@ log = logging.getLogger(__name__)
 
 MERGED_CHANNEL = "dreamcatcher_merged"
 
+#: What the driver raises when a call fails: errors of the server, of the socket, of asyncpg.
+_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _map_error(exc: BaseException) -> DreamcatcherError:
+    """:func:`map_db_error`, plus asyncpg's ``InternalClientError`` as a lost connection.
+
+    When the server ends a session that sits idle in the pool (57P01 at shutdown), asyncpg's
+    next query on it fails with ``InternalClientError`` ("cannot switch to state N; another
+    operation is in progress"), which has no SQLSTATE. The connection is dead and the pool
+    replaces it at the next acquire, so the call is retried like any lost connection.
+    """
+    if isinstance(exc, asyncpg.InternalClientError):
+        return ConnectionLostError(f"connection to PostgreSQL failed: {type(exc).__name__}: {exc}")
+    return map_db_error(exc)
+
 
 class DeltaClient:
     """An async client for one stream of one world. Use :meth:`connect`."""
@@ -112,13 +128,16 @@ class DeltaClient:
 
     # -- calls with retry on a lost connection (every call here is idempotent) --
 
-    async def _call(self, sql: str, *args: Any) -> Any:
+    async def _call(self, sql: str, *args: Any, row: bool = False) -> Any:
+        """``fetchval`` (``fetchrow`` with ``row``), retried when the connection was lost."""
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
+                if row:
+                    return await self._pool.fetchrow(sql, *args)
                 return await self._pool.fetchval(sql, *args)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                err = map_db_error(exc)
+            except _DRIVER_ERRORS as exc:
+                err = _map_error(exc)
                 if isinstance(err, ConnectionLostError) and attempt < self._retries:
                     log.warning("connection lost (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
@@ -233,7 +252,7 @@ class DeltaClient:
 
     async def frame_status(self, frame: int) -> str | None:
         """``"open"``, ``"closed"``, ``"merged"``, or None when the frame does not exist."""
-        row = await self._pool.fetchrow(query("frame_status"), self.world, frame)
+        row = await self._call(query("frame_status"), self.world, frame, row=True)
         return None if row is None else cast("str | None", row["status"])
 
     async def configure_world(
@@ -261,8 +280,8 @@ class DeltaClient:
             try:
                 conn = await asyncpg.connect(self._dsn)
                 await conn.add_listener(MERGED_CHANNEL, self._on_merged)
-            except (OSError, asyncpg.PostgresError) as exc:
-                raise map_db_error(exc) from exc
+            except _DRIVER_ERRORS as exc:
+                raise _map_error(exc) from exc
             self._listener = conn
 
     def _on_merged(self, conn: Any, pid: int, channel: str, payload: object) -> None:
@@ -275,31 +294,42 @@ class DeltaClient:
 
         Listens for the merger's NOTIFY and also polls, so a lost notification
         (e.g. while the connection was down) only costs up to ``poll`` seconds.
+        A lost connection does not end the wait: it polls on until the server is
+        back or the timeout passes (the ``TimeoutError`` then has the connection
+        error as its cause).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        lost: ConnectionLostError | None = None
         while True:
             try:
                 await self._ensure_listener()
             except ConnectionLostError:
                 log.warning("cannot LISTEN for merges; polling every %.1fs", poll)
             event = self._merged_event  # taken before the check: a merge after it sets this event
-            row = await self._pool.fetchrow(query("frame_status"), self.world, frame)
-            if row is not None and row["status"] == "merged":
-                return
-            below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
-            if below_horizon and row is not None and row["status"] is None:
-                raise FrameClosedError(
-                    f"frame {frame} of world {self.world!r} has no deltas and lies below the "
-                    "merged frames; it will never be merged",
-                    world=self.world,
-                    frame=frame,
-                )
+            try:
+                row = await self._call(query("frame_status"), self.world, frame, row=True)
+            except ConnectionLostError as exc:
+                lost = exc
+            else:
+                lost = None
+                if row is not None and row["status"] == "merged":
+                    return
+                below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
+                if below_horizon and row is not None and row["status"] is None:
+                    raise FrameClosedError(
+                        f"frame {frame} of world {self.world!r} has no deltas and lies below the "
+                        "merged frames; it will never be merged",
+                        world=self.world,
+                        frame=frame,
+                    )
             wait = poll
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise TimeoutError(f"frame {frame} of world {self.world!r} not merged within {timeout}s")
+                    raise TimeoutError(
+                        f"frame {frame} of world {self.world!r} not merged within {timeout}s"
+                    ) from lost
                 wait = min(wait, remaining)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), wait)
@@ -324,7 +354,7 @@ async def configure_world(
         row = await executor.fetchrow(
             query("configure_world"), world, expected_streams, late_policy, interval
         )
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise map_db_error(exc) from exc
+    except _DRIVER_ERRORS as exc:
+        raise _map_error(exc) from exc
     assert row is not None
     return dict(row)

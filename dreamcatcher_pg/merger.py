@@ -202,17 +202,23 @@ class Merger:
             if not await self.try_lead():
                 return []
             return await self.tick()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            if isinstance(exc, asyncpg.InternalClientError):  # a dead connection: see _connection_lost
+                raise ConnectionLostError(f"connection to PostgreSQL failed: {exc}") from exc
             raise map_db_error(exc) from exc
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set: stand by until leader, then merge as frames close.
 
         Survives lost connections (reconnects with backoff) and errors in a
-        merge (logged, retried after a pause): it never exits on its own.
+        merge (logged, retried after a pause): it never exits on its own. Even an
+        error it does not expect is logged with its traceback and retried like a
+        failed merge: a merger that exits leaves its world unmerged.
         """
         stop = stop or asyncio.Event()
         backoff = 0.1
+        log.info("merger %s for world %r started; standing by until it holds the leader lock",
+                 self.holder, self.world)  # fmt: skip
         while not stop.is_set():
             try:
                 if not await self.try_lead():
@@ -224,18 +230,35 @@ class Merger:
                 await self._sleep(stop, await self._next_wait())
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                err = map_db_error(exc)
-                if isinstance(err, ConnectionLostError) or self._conn is None or self._conn.is_closed():
+            except Exception as exc:
+                if self._connection_lost(exc):
                     self.stats.reconnects += 1
                     log.warning("merger lost its connection (%s); reconnecting in %.1fs", exc, backoff)
-                else:
+                elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                     self.stats.errors += 1
+                    err = map_db_error(exc)
                     log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff)
+                else:  # not the database's: log the traceback, and carry on all the same
+                    self.stats.errors += 1
+                    log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff)
                 await self._disconnect()
                 await self._sleep(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         await self.aclose()
+
+    def _connection_lost(self, exc: BaseException) -> bool:
+        """Did ``exc`` come from a connection that broke (rather than from a failed merge)?
+
+        asyncpg raises ``InternalClientError`` ("cannot switch to state N; another operation
+        is in progress"), with no SQLSTATE, on the next query of a connection the server
+        ended between two queries (57P01 at shutdown): the connection is dead.
+        """
+        if isinstance(exc, asyncpg.InternalClientError):
+            return True
+        if isinstance(map_db_error(exc), ConnectionLostError):
+            return True
+        conns = (self._conn, self._listener)
+        return any(conn is None or conn.is_closed() for conn in conns)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
