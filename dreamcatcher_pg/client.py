@@ -25,6 +25,7 @@ from typing import Any, cast
 import asyncpg
 
 from .errors import (
+    DRIVER_ERRORS,
     ConnectionLostError,
     DeltaConflictError,
     DreamcatcherError,
@@ -39,23 +40,6 @@ from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 log = logging.getLogger(__name__)
 
 MERGED_CHANNEL = "dreamcatcher_merged"
-
-#: What the driver raises when a call fails: errors of the server, of the socket, of asyncpg.
-_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-
-
-def _map_error(exc: BaseException) -> DreamcatcherError:
-    """:func:`map_db_error`, plus asyncpg's ``InternalClientError`` as a lost connection.
-
-    When the server ends a session that sits idle in the pool (57P01 at shutdown), asyncpg's
-    next query on it fails with ``InternalClientError`` ("cannot switch to state N; another
-    operation is in progress"), which has no SQLSTATE. The connection is dead and the pool
-    replaces it at the next acquire, so the call is retried like any lost connection.
-    """
-    if isinstance(exc, asyncpg.InternalClientError):
-        return ConnectionLostError(f"connection to PostgreSQL failed: {type(exc).__name__}: {exc}")
-    return map_db_error(exc)
-
 
 class DeltaClient:
     """An async client for one stream of one world. Use :meth:`connect`."""
@@ -136,8 +120,8 @@ class DeltaClient:
                 if row:
                     return await self._pool.fetchrow(sql, *args)
                 return await self._pool.fetchval(sql, *args)
-            except _DRIVER_ERRORS as exc:
-                err = _map_error(exc)
+            except DRIVER_ERRORS as exc:
+                err = map_db_error(exc)
                 if isinstance(err, ConnectionLostError) and attempt < self._retries:
                     log.warning("connection lost (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
@@ -280,8 +264,8 @@ class DeltaClient:
             try:
                 conn = await asyncpg.connect(self._dsn)
                 await conn.add_listener(MERGED_CHANNEL, self._on_merged)
-            except _DRIVER_ERRORS as exc:
-                raise _map_error(exc) from exc
+            except DRIVER_ERRORS as exc:
+                raise map_db_error(exc) from exc
             self._listener = conn
 
     def _on_merged(self, conn: Any, pid: int, channel: str, payload: object) -> None:
@@ -354,7 +338,7 @@ async def configure_world(
         row = await executor.fetchrow(
             query("configure_world"), world, expected_streams, late_policy, interval
         )
-    except _DRIVER_ERRORS as exc:
-        raise _map_error(exc) from exc
+    except DRIVER_ERRORS as exc:
+        raise map_db_error(exc) from exc
     assert row is not None
     return dict(row)

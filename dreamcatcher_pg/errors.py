@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
 
 class DreamcatcherError(Exception):
     """Base class of every error raised by dreamcatcher_pg."""
@@ -63,6 +65,9 @@ class DatabaseError(DreamcatcherError):
 #: SQLSTATE classes that mean the connection, not the request, failed.
 _CONNECTION_CLASSES = ("08", "57")
 
+#: What the driver raises when a call fails: errors of the server, of the socket, of asyncpg.
+DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 
 def map_db_error(exc: BaseException) -> DreamcatcherError:
     """Translate a driver exception into one of ours (the caller raises it ``from exc``)."""
@@ -73,6 +78,10 @@ def map_db_error(exc: BaseException) -> DreamcatcherError:
         sqlstate = None
     if sqlstate == "DCA01":
         return AppendOnlyViolation(str(exc))
+    if isinstance(exc, asyncpg.InternalClientError):
+        # No SQLSTATE: asyncpg's next query on a session the server ended while it sat idle
+        # (57P01 at shutdown) fails with "cannot switch to state N". The connection is dead.
+        return ConnectionLostError(f"connection to PostgreSQL failed: {type(exc).__name__}: {exc}")
     if sqlstate is not None and sqlstate[:2] in _CONNECTION_CLASSES:
         return ConnectionLostError(f"connection to PostgreSQL failed: {exc}")
     if isinstance(exc, OSError | ConnectionError):

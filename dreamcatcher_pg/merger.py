@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .errors import ConnectionLostError, map_db_error
+from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
 from .queries import query
 
 log = logging.getLogger(__name__)
@@ -202,9 +202,7 @@ class Merger:
             if not await self.try_lead():
                 return []
             return await self.tick()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-            if isinstance(exc, asyncpg.InternalClientError):  # a dead connection: see _connection_lost
-                raise ConnectionLostError(f"connection to PostgreSQL failed: {exc}") from exc
+        except DRIVER_ERRORS as exc:
             raise map_db_error(exc) from exc
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -247,14 +245,7 @@ class Merger:
         await self.aclose()
 
     def _connection_lost(self, exc: BaseException) -> bool:
-        """Did ``exc`` come from a connection that broke (rather than from a failed merge)?
-
-        asyncpg raises ``InternalClientError`` ("cannot switch to state N; another operation
-        is in progress"), with no SQLSTATE, on the next query of a connection the server
-        ended between two queries (57P01 at shutdown): the connection is dead.
-        """
-        if isinstance(exc, asyncpg.InternalClientError):
-            return True
+        """Did ``exc`` come from a connection that broke (rather than from a failed merge)?"""
         if isinstance(map_db_error(exc), ConnectionLostError):
             return True
         conns = (self._conn, self._listener)
