@@ -1,16 +1,36 @@
 # The dreamcatcher_pg package: `dreamcatcher merger`, `dreamcatcher demo`, ...
-# BASE_IMAGE is overridable so tests can build on a locally made image.
+#
+#   docker build -t dreamcatcher-pg .
+#   docker run --rm -e DREAMCATCHER_DSN=postgresql://... -p 127.0.0.1:9464:9464 \
+#       dreamcatcher-pg merger --metrics-port 9464
+#
+# BASE_IMAGE: any image with python3 (3.11+) and pip on PATH (default python:3.12-slim).
+# WHEELS: a directory in the build context holding pre-built wheels of the project
+# and all its dependencies (`pip wheel . -w DIR`); when set, nothing is downloaded
+# (pip --no-index). docker/build-local-images.sh uses both to build offline.
+# (Few instructions on purpose: every step copies the whole tree on the vfs storage driver.)
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY dreamcatcher_pg ./dreamcatcher_pg
-COPY sql ./sql
-# WHEELS: an optional directory of pre-built wheels (offline installs); empty by default
 ARG WHEELS=
-RUN if [ -n "$WHEELS" ]; then pip install --no-cache-dir --no-index --find-links "$WHEELS" . ; \
-    else pip install --no-cache-dir . ; fi
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PYTHONUNBUFFERED=1
 
+# pyproject.toml, README.md, dreamcatcher_pg/, sql/ and docker/ (the example worker of
+# docker-compose.yml, and the wheels of offline builds): .dockerignore keeps out the rest
+COPY . /app/
+RUN set -eux; \
+    if [ -n "$WHEELS" ]; then \
+        pip install --no-index --find-links "/app/$WHEELS" dreamcatcher-pg; \
+    else \
+        pip install /app; \
+    fi; \
+    rm -rf /app/docker/wheels; \
+    dreamcatcher --version; \
+    useradd --create-home --uid 10001 dreamcatcher
+
+# a non-root user (the embedded PostgreSQL, used when no DSN is given, refuses to run as root)
+USER dreamcatcher
+WORKDIR /home/dreamcatcher
+EXPOSE 9464
 ENTRYPOINT ["dreamcatcher"]
 CMD ["--help"]

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +29,43 @@ Command = Callable[[argparse.Namespace, str], int]
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ISO 8601), level, logger, msg, plus fields.
+
+    Fields: the ``key=value`` pairs of the message (the merger's per-merge line
+    ``merged world=w frame=7 deltas=12 ... duration_ms=3.1`` gives ``world``,
+    ``frame``, ``deltas``, ``duration_ms``, ... with numbers as numbers) and any
+    ``extra={...}`` the caller passed.
+    """
+
+    _PAIR = re.compile(r"(?:^|\s)([a-z_][a-z0-9_]*)=(\S+)")
+    _TEXT = frozenset({"world", "stream", "stream_id", "holder"})  # names, even when they look numeric
+    _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
     def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
         doc: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": msg,
         }
+        for key, value in self._PAIR.findall(msg):
+            doc.setdefault(key, value if key in self._TEXT or key.endswith("hash") else _scalar(value))
+        for key, value in record.__dict__.items():
+            if key not in self._RESERVED and not key.startswith("_"):
+                doc.setdefault(key, value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        return orjson.dumps(doc, default=str).decode()
+
+
+def _scalar(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def configure_logging(fmt: str, verbose: int, *, service: bool = False) -> None:
@@ -134,10 +163,11 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        settings = Settings.from_env()
         await run_mergers(
             dsn,
-            args.worlds or ["default"],
-            poll_interval=args.poll_interval,
+            args.worlds or [settings.world],
+            poll_interval=args.poll_interval if args.poll_interval is not None else settings.poll_interval,
             stop=stop,
             metrics_port=args.metrics_port,
         )
@@ -147,27 +177,23 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace, dsn: str) -> int:
-    from .status import collect_status, render_status
+    from .status import collect_status, render_status, status_json, watch_status
 
     if args.watch:
-        from rich.console import Console
-        from rich.live import Live
-
-        console = Console()
-        with Live(console=console, refresh_per_second=2) as live:
-            try:
-                while True:
-                    live.update(render_status(asyncio.run(collect_status(dsn, args.world))))
-                    asyncio.run(asyncio.sleep(args.interval))
-            except KeyboardInterrupt:
-                return 0
+        with contextlib.suppress(KeyboardInterrupt):
+            watch_status(
+                dsn, args.world, interval=args.interval, json_lines=args.json,
+                write=lambda line: print(line, flush=True),
+            )  # fmt: skip
+        return 0
     worlds = asyncio.run(collect_status(dsn, args.world))
     if args.json:
-        print(orjson.dumps(worlds, default=str).decode())
+        print(status_json(worlds))
     else:
         from rich.console import Console
 
-        Console().print(render_status(worlds))
+        console = Console()
+        console.print(render_status(worlds, console.width))
     return 0
 
 
@@ -179,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dreamcatcher",
         description="Dream Catcher protocol on PostgreSQL: workers append deltas, "
         "a merger projects state per frame, SQL travels in time.",
+        epilog="Global options go before the command: dreamcatcher --log-format json merger. "
+        "Environment: DREAMCATCHER_DSN (the server; else an embedded one is started), "
+        "DREAMCATCHER_DATA_DIR, DREAMCATCHER_LOG_FORMAT (text|json), DREAMCATCHER_WORLD "
+        "(default world of merger and ingest), DREAMCATCHER_POLL_INTERVAL (merger, seconds). "
+        "Run 'dreamcatcher COMMAND --help' for a command's options; docs/operations.md has more.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--dsn", help="PostgreSQL DSN (default: $DREAMCATCHER_DSN, else an embedded server)")
@@ -187,11 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="data directory of the embedded server (default: $DREAMCATCHER_DATA_DIR or "
         "~/.local/share/dreamcatcher/pgdata)",
     )
-    parser.add_argument("--log-format", choices=["text", "json"], default=None, help="log line format")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="log lines on stderr: text, or json (one object per line, the merge line's "
+        "world/frame/deltas/duration_ms as fields) (default: $DREAMCATCHER_LOG_FORMAT or text)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create or update the dreamcatcher schema (safe to run twice)")
+    p = sub.add_parser(
+        "init",
+        help="create or update the dreamcatcher schema (safe to run twice)",
+        description="Create or update the schema dreamcatcher in the database (keeps the data).",
+    )
     p.add_argument(
         "--roles", action="store_true", help="also create the worker, merger and reader roles (docs/roles)"
     )
@@ -205,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dsn)
 
-    p = sub.add_parser("world", help="configure a world: expected streams, late policy, close deadline")
+    p = sub.add_parser(
+        "world",
+        help="configure a world: expected streams, late policy, close deadline",
+        description="Create or reconfigure a world and print its settings as JSON. "
+        "Options not given keep their current values.",
+    )
     p.add_argument("world", help="world name")
     p.add_argument("--expect", metavar="S1,S2", help="streams expected each frame (empty string: none)")
     p.add_argument("--late-policy", choices=["reject", "defer"], help="what happens to late deltas")
@@ -214,19 +260,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_world)
 
-    p = sub.add_parser("merger", help="run the merger (one per world; a second one stands by)")
-    p.add_argument(
-        "--world", dest="worlds", action="append", help="world to merge (repeatable; default: default)"
+    p = sub.add_parser(
+        "merger",
+        help="run the merger (one per world; a second one stands by)",
+        description="Merge the frames of each world as they close, until SIGINT/SIGTERM. One merger "
+        "per world leads (a session advisory lock, so it needs a direct connection or session "
+        "pooling); another one started for the same world stands by and takes over when the "
+        "leader dies. Logs one line per merged frame at INFO.",
     )
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1.0)")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--world",
+        dest="worlds",
+        action="append",
+        metavar="WORLD",
+        help="world to merge (repeatable; default: $DREAMCATCHER_WORLD or default)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between polls when no notification arrives "
+        "(default: $DREAMCATCHER_POLL_INTERVAL or 1.0)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: any free port); off by default",
+    )
     p.set_defaults(func=cmd_merger)
 
-    p = sub.add_parser("status", help="worlds, frames, lag, late deltas, quarantine, leader")
+    p = sub.add_parser(
+        "status",
+        help="worlds, frames, lag, late deltas, quarantine, leader",
+        description="For each world: frames open/closed/merged, the last merged frame and its "
+        "deltas, merge lag (closed frames waiting, and for how long), the open frame's streams "
+        "against the expected ones, late attempts, quarantined items, delta keys no rule reads, "
+        "and the leader merger with its heartbeat.",
+    )
     p.add_argument("--world", help="only this world")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh interval in seconds")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array, one object per world (with --watch: one array per line)",
+    )
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="--watch refresh interval (default 1.0)",
+    )
     p.set_defaults(func=cmd_status)
 
     from . import demo, ingest, timetravel

@@ -1,18 +1,52 @@
-"""What ``dreamcatcher status`` shows: one row of facts per world."""
+"""What ``dreamcatcher status`` shows: the facts of each world, as a dict and as a table.
+
+:func:`collect_status` returns one plain dict per world (the ``--json`` output,
+keys documented in docs/operations.md); :func:`render_status` turns them into
+a rich table; :func:`watch_status` refreshes either until interrupted.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import orjson
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from .queries import query
 
+log = logging.getLogger(__name__)
 
-async def collect_status(dsn: str, world: str | None = None) -> list[dict[str, Any]]:
-    """Facts per world: frames by status, lag, streams in the open frame, late, quarantine, leader."""
+#: How many of the latest frames ``collect_status`` lists under ``recent_frames``.
+RECENT_FRAMES = 10
+#: A leader whose heartbeat is older than this (seconds) is shown as stale. The
+#: merger beats at least once per poll interval (1 s by default) and after every merge.
+STALE_HEARTBEAT = 30.0
+
+
+async def collect_status(
+    dsn: str, world: str | None = None, *, recent_frames: int = RECENT_FRAMES
+) -> list[dict[str, Any]]:
+    """The facts of every world (or of ``world``), one dict each, sorted by world.
+
+    Keys: ``world``, ``late_policy``, ``expected_streams``, ``close_after`` (s),
+    ``frames_open`` / ``frames_closed`` / ``frames_merged``, ``last_merged``
+    (frame number), ``last_merged_frame`` (its ``frame``, ``delta_count``,
+    ``state_hash``, ``merged_at``, ``close_to_merged_seconds``), ``merge_lag_frames``
+    (closed, waiting for the merger), ``merge_lag_seconds`` (age of the oldest of
+    those), ``open_frame`` (the lowest open frame), ``open_frame_deltas``,
+    ``streams_in_open_frame``, ``missing_streams`` (expected but not in yet),
+    ``recent_frames`` (frame, status, delta_count, close_reason; newest first),
+    ``late_attempts``, ``late_deferred``, ``quarantined``, ``unmerged_keys``
+    (delta key -> deltas carrying it, for keys no rule reads), ``leader`` (the
+    holder name of the last merger that led), ``leader_heartbeat``, ``heartbeat_age``
+    (s), ``leader_alive`` (its session still holds the leader lock).
+    """
     conn = await asyncpg.connect(dsn)
     try:
         worlds = []
@@ -27,34 +61,187 @@ async def collect_status(dsn: str, world: str | None = None) -> list[dict[str, A
                 assert streams is not None
                 doc["streams_in_open_frame"] = list(streams["streams"] or [])
                 doc["open_frame_deltas"] = streams["deltas"]
+            expected = list(doc["expected_streams"] or [])
+            doc["expected_streams"] = expected
+            seen = set(doc["streams_in_open_frame"])
+            in_open = doc["open_frame"] is not None
+            doc["missing_streams"] = [s for s in expected if s not in seen] if in_open else []
+            details = await conn.fetchrow(query("status_world_details"), doc["world"], recent_frames)
+            assert details is not None
+            last = details["last_merged_frame"]
+            doc["last_merged_frame"] = orjson.loads(last) if last is not None else None
+            doc["merge_lag_seconds"] = details["merge_lag_seconds"]
+            doc["recent_frames"] = orjson.loads(details["recent_frames"])
+            holder_pid = details["leader_lock_pid"]
+            doc["leader_lock_pid"] = holder_pid
+            doc["leader_alive"] = holder_pid is not None
             worlds.append(doc)
         return worlds
     finally:
         await conn.close()
 
 
-def render_status(worlds: list[dict[str, Any]]) -> Table:
-    table = Table(title="dreamcatcher worlds")
-    for column in (
-        "world", "open", "closed", "merged", "last merged", "lag",
-        "open frame: streams (expected)", "late", "quarantined", "unmerged keys", "leader",
-    ):  # fmt: skip
-        table.add_column(column)
+#: Below this console width, ``render_status`` stacks one small table per world.
+WIDE_LAYOUT = 150
+
+_COLUMNS = (
+    "world", "frames open/closed/merged", "last merged", "merge lag", "open frame",
+    "late attempts", "quarantined", "unmerged keys", "leader",
+)  # fmt: skip
+
+
+def _cells(w: dict[str, Any]) -> list[str | Text]:
+    late = f"{w['late_attempts']}" + (f" ({w['late_deferred']} deferred)" if w["late_deferred"] else "")
+    return [
+        w["world"],
+        f"{w['frames_open']}/{w['frames_closed']}/{w['frames_merged']}",
+        _last_merged(w),
+        _lag(w),
+        _open_frame(w),
+        late,
+        str(w["quarantined"]),
+        _keys(w["unmerged_keys"]),
+        _leader(w),
+    ]
+
+
+def render_status(worlds: list[dict[str, Any]], width: int | None = None) -> RenderableType:
+    """One table row per world; on a console narrower than ``WIDE_LAYOUT``, one table per world."""
+    if not worlds:
+        return Text("no worlds yet: a world appears with its first delta (or `dreamcatcher world W`)")
+    if width is not None and width < WIDE_LAYOUT:
+        tables = []
+        for w in worlds:
+            table = Table(title=f"world {w['world']}", title_justify="left", show_header=False)
+            table.add_column("fact", style="bold")
+            table.add_column("value", overflow="fold")
+            for name, cell in zip(_COLUMNS[1:], _cells(w)[1:], strict=True):
+                table.add_row(name, cell)
+            tables.append(table)
+        return Group(*tables)
+    table = Table(title="dreamcatcher worlds", title_justify="left")
+    for column in _COLUMNS:
+        table.add_column(column, overflow="fold")
     for w in worlds:
-        expected = w["expected_streams"] or []
-        streams = w["streams_in_open_frame"]
-        open_desc = "-"
-        if w["open_frame"] is not None:
-            open_desc = f"#{w['open_frame']}: {len(streams)}" + (f"/{len(expected)}" if expected else "")
-            open_desc += f" ({w['open_frame_deltas']} deltas)"
-        leader = "-"
-        if w["leader"]:
-            leader = f"{w['leader']} ({w['heartbeat_age']:.0f}s ago)"
-        keys = ", ".join(f"{k} x{n}" for k, n in sorted(w["unmerged_keys"].items())) or "-"
-        table.add_row(
-            w["world"], str(w["frames_open"]), str(w["frames_closed"]), str(w["frames_merged"]),
-            "-" if w["last_merged"] is None else str(w["last_merged"]), str(w["merge_lag_frames"]),
-            open_desc, f"{w['late_attempts']} ({w['late_deferred']} deferred)", str(w["quarantined"]),
-            keys if len(keys) < 60 else keys[:57] + "...", leader,
-        )  # fmt: skip
+        table.add_row(*_cells(w))
     return table
+
+
+def _last_merged(w: dict[str, Any]) -> str:
+    last = w.get("last_merged_frame")
+    if not last:
+        return "-"
+    text = f"#{last['frame']}: {last['delta_count']} deltas"
+    if last.get("close_to_merged_seconds") is not None:
+        text += f", close→merged {_seconds(last['close_to_merged_seconds'])}"
+    return text
+
+
+def _lag(w: dict[str, Any]) -> Text:
+    frames = int(w["merge_lag_frames"])
+    if frames == 0:
+        return Text("0")
+    return Text(f"{frames} frames, {_seconds(w['merge_lag_seconds'])}", style="yellow")
+
+
+def _open_frame(w: dict[str, Any]) -> str:
+    if w["open_frame"] is None:
+        return "-"
+    seen, expected = w["streams_in_open_frame"], w["expected_streams"]
+    text = f"#{w['open_frame']}: {len(seen)}"
+    text += f"/{len(expected)} expected streams" if expected else " streams"
+    text += f", {w['open_frame_deltas']} deltas"
+    if w["missing_streams"]:
+        missing = ", ".join(w["missing_streams"][:5]) + (" …" if len(w["missing_streams"]) > 5 else "")
+        text += f"; waiting for {missing}"
+    return text
+
+
+def _keys(keys: dict[str, int]) -> str:
+    text = ", ".join(f"{k} x{n}" for k, n in sorted(keys.items())) or "-"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _leader(w: dict[str, Any]) -> Text:
+    if not w["leader"]:
+        return Text("none", style="red")
+    age = w["heartbeat_age"]
+    if not w["leader_alive"]:
+        return Text(f"none (last: {w['leader']}, {_seconds(age)} ago)", style="red")
+    style = "yellow" if age is not None and age > STALE_HEARTBEAT else ""
+    return Text(f"{w['leader']} (heartbeat {_seconds(age)} ago)", style=style)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.0f} min"
+
+
+def status_json(worlds: list[dict[str, Any]]) -> str:
+    """The ``--json`` form: a JSON array of the worlds' dicts, on one line."""
+    return orjson.dumps(worlds, default=str).decode()
+
+
+def watch_status(
+    dsn: str,
+    world: str | None,
+    *,
+    interval: float,
+    json_lines: bool,
+    write: Callable[[str], None],
+    iterations: int | None = None,
+) -> None:
+    """Refresh until interrupted (or ``iterations`` refreshes).
+
+    With ``json_lines``: one JSON array per refresh, one per line, through ``write``
+    (for scripts: ``status --watch --json | jq``); otherwise a live rich table,
+    redrawn in place on a terminal. When the database cannot be read, it says so
+    (a warning in the log, or a line under the last table) and keeps trying.
+    """
+
+    async def loop(update: Callable[[list[dict[str, Any]] | Exception], None]) -> None:
+        count = 0
+        while iterations is None or count < iterations:
+            try:
+                update(await collect_status(dsn, world))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                update(exc)  # the database went away: say so, and keep trying
+            count += 1
+            if iterations is None or count < iterations:
+                await asyncio.sleep(interval)
+
+    if json_lines:
+
+        def write_line(worlds: list[dict[str, Any]] | Exception) -> None:
+            if isinstance(worlds, Exception):
+                log.warning("status: cannot read the database: %s", worlds)
+            else:
+                write(status_json(worlds))
+
+        asyncio.run(loop(write_line))
+        return
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    with Live(console=console, refresh_per_second=4, auto_refresh=False) as live:
+        last: RenderableType = Text("")
+
+        def update(worlds: list[dict[str, Any]] | Exception) -> None:
+            nonlocal last
+            stamp = Text(f"{datetime.now():%H:%M:%S} · every {interval:g} s · Ctrl-C to stop", style="dim")
+            if isinstance(worlds, Exception):
+                error = Text(f"cannot read the database: {worlds} (showing the last status)", style="red")
+                live.update(Group(last, error, stamp), refresh=True)
+            else:
+                last = render_status(worlds, console.width)
+                live.update(Group(last, stamp), refresh=True)
+
+        asyncio.run(loop(update))

@@ -197,9 +197,12 @@ def _testcontainers_server() -> Iterator[str]:
     command = ["postgres"]
     for name, value in TEST_SERVER_SETTINGS.items():
         command += ["-c", f"{name}={value}"]
-    container = PostgresContainer(
-        image, username="postgres", password="postgres", dbname="postgres", driver=None
-    ).with_command(command)
+    # trust on TCP, like the embedded server: tests make LOGIN roles without passwords
+    container = (
+        PostgresContainer(image, username="postgres", password="postgres", dbname="postgres", driver=None)
+        .with_command(command)
+        .with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
+    )
     logger.info("starting PostgreSQL container %s", image)
     container.start()
     try:
