@@ -12,7 +12,7 @@ from importlib import resources
 import asyncpg
 
 #: The files, in the order they are applied.
-SCHEMA_FILES = ("schema.sql", "merge.sql", "views.sql")
+SCHEMA_FILES = ("schema.sql", "merge.sql", "timetravel.sql", "views.sql")
 
 #: Serialises concurrent ``init`` runs against one database.
 _INIT_LOCK_KEY = 0x64637067_696E6974  # "dcpg" "init"

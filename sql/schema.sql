@@ -130,6 +130,8 @@ DROP INDEX IF EXISTS dreamcatcher.entity_versions_asof;
 CREATE INDEX IF NOT EXISTS entity_versions_history
     ON dreamcatcher.entity_versions USING gist (world, kind, int8range(valid_from, valid_to))
     WHERE valid_to IS NOT NULL;
+-- Versions by the frame that made them: what a diff between two frames reads.
+CREATE INDEX IF NOT EXISTS entity_versions_by_frame ON dreamcatcher.entity_versions (valid_from, world);
 
 -- Items a rule could not read, with the reason. Never dropped, never fatal.
 CREATE TABLE IF NOT EXISTS dreamcatcher.quarantine_log (

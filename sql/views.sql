@@ -23,35 +23,6 @@ CREATE OR REPLACE VIEW dreamcatcher.late_attempts AS
     SELECT l.world, l.frame, l.stream_id, l.utc, l.policy, l.payload, l.attempted_at, l.id
     FROM dreamcatcher.late_log l;
 
--- All entities of one kind as they were right after `frame` merged: the current versions
--- that already existed then, plus the closed versions whose [valid_from, valid_to) holds the
--- frame (found through the GiST index entity_versions_history), so the cost follows the
--- size of the answer, not the length of the history.
-CREATE OR REPLACE FUNCTION dreamcatcher.entities_at(p_world text, p_kind text, p_frame bigint)
-RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
-    FROM dreamcatcher.entity_versions v
-    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_to IS NULL AND v.valid_from <= p_frame
-    UNION ALL
-    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
-    FROM dreamcatcher.entity_versions v
-    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_to IS NOT NULL
-      AND int8range(v.valid_from, v.valid_to) @> p_frame
-$$;
-
--- One entity (kind, ekey) as it was right after `frame` merged: an index probe, whatever the history.
-CREATE OR REPLACE FUNCTION dreamcatcher.entity_at(p_world text, p_kind text, p_ekey text, p_frame bigint)
-RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
-    FROM dreamcatcher.entity_versions v
-    WHERE v.world = p_world AND v.kind = p_kind AND v.ekey = p_ekey AND v.valid_from <= p_frame
-      AND (v.valid_to IS NULL OR v.valid_to > p_frame)
-    ORDER BY v.valid_from DESC
-    LIMIT 1
-$$;
-
 -- Current state (same shape as entities_at).
 CREATE OR REPLACE VIEW dreamcatcher.entities AS
     SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from AS last_frame
@@ -156,21 +127,9 @@ $$;
 -- diff -----------------------------------------------------------------------
 -- What changed between the state after frame_a and the state after frame_b:
 -- one row per entity added, removed or changed (with the changed fields).
+-- Reads only the entities with a version started between the two frames.
 CREATE OR REPLACE FUNCTION dreamcatcher.diff(p_world text, p_frame_a bigint, p_frame_b bigint)
 RETURNS TABLE (kind text, ekey text, change text, before jsonb, after jsonb, fields text[])
 LANGUAGE sql STABLE AS $$
-    WITH kinds AS (SELECT unnest(ARRAY['post', 'agent', 'comment', 'reaction', 'chapter', 'book', 'observation']) AS kind),
-         a AS (SELECT e.kind, e.ekey, e.data FROM kinds k CROSS JOIN LATERAL dreamcatcher.entities_at(p_world, k.kind, p_frame_a) e),
-         b AS (SELECT e.kind, e.ekey, e.data FROM kinds k CROSS JOIN LATERAL dreamcatcher.entities_at(p_world, k.kind, p_frame_b) e)
-    SELECT coalesce(a.kind, b.kind), coalesce(a.ekey, b.ekey),
-           CASE WHEN a.data IS NULL THEN 'added' WHEN b.data IS NULL THEN 'removed' ELSE 'changed' END,
-           a.data, b.data,
-           CASE WHEN a.data IS NOT NULL AND b.data IS NOT NULL AND jsonb_typeof(a.data) = 'object'
-                     AND jsonb_typeof(b.data) = 'object' THEN
-               ARRAY(SELECT k FROM (SELECT jsonb_object_keys(a.data) UNION SELECT jsonb_object_keys(b.data)) s(k)
-                     WHERE (a.data -> k) IS DISTINCT FROM (b.data -> k) ORDER BY k)
-           END
-    FROM a FULL JOIN b ON a.kind = b.kind AND a.ekey = b.ekey
-    WHERE a.data IS DISTINCT FROM b.data
-    ORDER BY 1, 2
+    SELECT * FROM dreamcatcher.entity_changes(p_world, p_frame_a, p_frame_b)
 $$;
