@@ -35,7 +35,7 @@ from .errors import (
 )
 from .models import Delta, Receipt, prepare_delta, validate_identity
 from .queries import query
-from .settings import DEFAULT_MAX_PAYLOAD_BYTES
+from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,15 @@ class DeltaClient:
         world: str = "default",
         pool: asyncpg.Pool | None = None,
         pool_size: int = 2,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int | None = None,
         retries: int = 3,
     ) -> AsyncIterator[DeltaClient]:
-        """Open a client (and its pool, unless one is given; a given pool is never closed)."""
+        """Open a client (and its pool, unless one is given; a given pool is never closed).
+
+        ``max_payload_bytes`` defaults to ``$DREAMCATCHER_MAX_PAYLOAD_BYTES`` (else 1 MiB).
+        """
+        if max_payload_bytes is None:
+            max_payload_bytes = Settings.from_env().max_payload_bytes
         validate_identity(world, stream_id)
         owns = pool is None
         if pool is None:

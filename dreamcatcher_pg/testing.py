@@ -39,7 +39,7 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, cast, get_args
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -49,6 +49,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from dreamcatcher_pg.merger import Merger
 from dreamcatcher_pg.schema import init_database
 
 logger = logging.getLogger(__name__)
@@ -342,6 +343,33 @@ def dreamcatcher_dsn(dreamcatcher_server_dsn: str, dreamcatcher_template_db: str
 
 
 # -- hooks -------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_merger(
+    dsn: str, world: str = "default", *, poll_interval: float = 0.05
+) -> AsyncIterator[Merger]:
+    """Run a :class:`~dreamcatcher_pg.Merger` for ``world`` in this event loop while the block runs.
+
+    For tests of code that writes deltas and waits for merges::
+
+        async with running_merger(dreamcatcher_dsn, "w"):
+            async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w") as dc:
+                await dc.insert_delta(1, {...})
+                await dc.close_frame(1)
+                await dc.wait_merged(1, timeout=10)
+
+    On leaving, the merger stops and releases its leader lock; an error it hit is not
+    swallowed (the task's exception is raised).
+    """
+    merger = Merger(dsn, world, poll_interval=poll_interval)
+    stop = asyncio.Event()
+    task = asyncio.create_task(merger.run(stop))
+    try:
+        yield merger
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -112,3 +112,34 @@ async def test_init_twice_is_safe_and_keeps_data(dreamcatcher_dsn: str) -> None:
         assert await conn.fetchval("SELECT count(*) FROM dreamcatcher.deltas") == 1
     finally:
         await conn.close()
+
+
+async def test_running_merger_merges_what_a_test_writes(dreamcatcher_dsn: str) -> None:
+    from dreamcatcher_pg import DeltaClient
+    from dreamcatcher_pg.testing import running_merger
+
+    async with running_merger(dreamcatcher_dsn, "w") as merger:
+        async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w") as dc:
+            await dc.insert_delta(1, {"posts_created": [{"number": 1, "title": "t"}]})
+            await dc.close_frame(1)
+            await dc.wait_merged(1, timeout=10)
+        assert merger.get_stats()["frames_merged"] == 1
+    conn = await asyncpg.connect(dreamcatcher_dsn)
+    try:
+        assert await conn.fetchval("SELECT data->>'title' FROM dreamcatcher.posts WHERE world = 'w'") == "t"
+        # the merger let go of the world's leader lock when the block ended
+        assert await conn.fetchval("SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key('w'))")
+    finally:
+        await conn.close()
+
+
+async def test_payload_limit_comes_from_the_environment(
+    dreamcatcher_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dreamcatcher_pg import DeltaClient, InvalidDeltaError
+
+    monkeypatch.setenv("DREAMCATCHER_MAX_PAYLOAD_BYTES", "64")
+    async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w") as dc:
+        await dc.insert_delta(1, {"observations": ["small"]})
+        with pytest.raises(InvalidDeltaError, match="over the limit of 64"):
+            await dc.insert_delta(1, {"observations": ["x" * 100]})
