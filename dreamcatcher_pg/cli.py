@@ -327,6 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    # main() may run inside another program (tests call it in-process): put logging back after
+    root, lib = logging.getLogger(), logging.getLogger("dreamcatcher_pg")
+    saved = (root.handlers[:], root.level, lib.level)
+    try:
+        return _run(args, settings)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        lib.setLevel(saved[2])
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(args.log_format or settings.log_format, args.verbose, service=args.command == "merger")
     func: Command = args.func
     try:

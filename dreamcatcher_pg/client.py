@@ -33,7 +33,7 @@ from .errors import (
     InvalidDeltaError,
     map_db_error,
 )
-from .models import Delta, Receipt, prepare_delta, validate_identity
+from .models import Delta, Receipt, check_frame, prepare_delta, validate_identity
 from .queries import query
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
@@ -227,8 +227,7 @@ class DeltaClient:
         Waits for every insert in flight for that frame to commit; after it
         returns, every insert for the frame is late.
         """
-        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
-            raise InvalidDeltaError(f"frame must be an integer >= 0, not {frame!r}", field="frame")
+        check_frame(frame)
         status = cast(str, await self._call(query("close_frame"), self.world, frame, reason))
         if status == "late":
             raise FrameClosedError(
@@ -241,6 +240,7 @@ class DeltaClient:
 
     async def frame_status(self, frame: int) -> str | None:
         """``"open"``, ``"closed"``, ``"merged"``, or None when the frame does not exist."""
+        check_frame(frame)
         row = await self._call(query("frame_status"), self.world, frame, row=True)
         return None if row is None else cast("str | None", row["status"])
 
@@ -287,6 +287,7 @@ class DeltaClient:
         back or the timeout passes (the ``TimeoutError`` then has the connection
         error as its cause).
         """
+        check_frame(frame)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         lost: ConnectionLostError | None = None

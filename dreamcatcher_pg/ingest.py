@@ -85,6 +85,8 @@ class ParsedDelta:
     utc_source: str  # one of UTC_SOURCES, or "fallback"
     payload: dict[str, Any]
     notes: tuple[str, ...] = ()
+    #: the document as written (stored as it is: jsonb keeps numbers orjson would round)
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +122,12 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
+    if parsed.replace(tzinfo=None) in (datetime.min, datetime.max):
+        return None  # the driver would send -infinity / infinity: not a time a delta was written at
+    return parsed
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -287,7 +290,7 @@ def parse_delta_file(
         break
     if utc_source == "fallback":
         notes.append(f"no usable utc, _meta.timestamp or completed_at: utc is {FALLBACK_UTC.isoformat()}")
-    return ParsedDelta(name, frame, stream, utc, utc_source, doc, tuple(notes))
+    return ParsedDelta(name, frame, stream, utc, utc_source, doc, tuple(notes), text)
 
 
 # -- reading a directory (blocking I/O) -------------------------------------------
@@ -386,7 +389,7 @@ async def _append_batch(
 ) -> list[str]:
     """Append one batch of one stream; statuses in order. A batch the database refuses
     is retried delta by delta, and a delta it still refuses gets status ``rejected: ...``."""
-    texts = [orjson.dumps(d.payload).decode() for d in batch]
+    texts = [d.text if d.text is not None else orjson.dumps(d.payload).decode() for d in batch]
     try:
         statuses = await conn.fetchval(
             query("append_deltas"), world, stream, [d.frame for d in batch], [d.utc for d in batch], texts

@@ -39,8 +39,15 @@ class Delta(BaseModel):
         if value is None:
             return None
         if value.tzinfo is None:  # a naive time is taken as UTC
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+            value = value.replace(tzinfo=UTC)
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time is outside the calendar once converted to UTC") from None
+        if value.replace(tzinfo=None) in (datetime.min, datetime.max):
+            # asyncpg sends these as -infinity / infinity: not a time a delta was written at
+            raise ValueError("datetime.min and datetime.max are not times a delta can be written at")
+        return value
 
 
 class Identity(BaseModel):
@@ -100,6 +107,13 @@ def _check_json(value: Any, path: str, depth: int) -> None:
             _check_json(item, f"{path}[{index}]", depth + 1)
     else:
         raise InvalidDeltaError(f"{path}: {type(value).__name__} is not JSON", field=path)
+
+
+def check_frame(frame: Any, field: str = "frame") -> int:
+    """A frame number as the database takes it: an int (not a bool) in 0..2^63-1."""
+    if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame <= MAX_FRAME:
+        raise InvalidDeltaError(f"{field} must be an integer in 0..{MAX_FRAME}, not {frame!r}", field=field)
+    return frame
 
 
 def _first_error(exc: ValidationError) -> InvalidDeltaError:

@@ -100,7 +100,10 @@ CREATE OR REPLACE FUNCTION dreamcatcher.read_item(
     p_key text, p_item jsonb, p_frame bigint, p_stream text, p_utc timestamptz, p_pos bigint)
 RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT r.kind, r.ekey, r.data, r.reason
+    SELECT r.kind, r.ekey, r.data,
+           CASE WHEN r.reason IS NULL AND r.kind NOT IN ('tally', 'observation') AND octet_length(r.ekey) > 1024
+                -- an index entry holds ~2.7 kB: a longer key would fail the whole frame, forever
+                THEN 'entity key is longer than 1024 bytes' ELSE r.reason END
     FROM (SELECT jsonb_typeof(p_item) AS t) ty
     CROSS JOIN LATERAL (
         -- posts: {number, ...} or a bare number; scalar fields last-write-wins

@@ -1,7 +1,7 @@
 -- dreamcatcher_pg roles: untrusted writers.
 --
 -- Applied by `dreamcatcher init --roles` (dreamcatcher_pg.roles.create_roles), never by
--- a plain `init`. Apply schema.sql, merge.sql and views.sql first. Safe to run twice.
+-- a plain `init`, which must have run first. Safe to run twice.
 --
 -- The model:
 --   * A worker appends deltas only through dreamcatcher.append_delta, append_deltas and
@@ -17,6 +17,11 @@
 --     A session whose login role holds the table privilege itself (the schema owner,
 --     superusers, the merger for frame_log) could make that write directly anyway: it is
 --     not checked. Everybody else must own the stream (or the world).
+--   * A worker's payloads are limited per stream (stream_owners.max_payload_bytes), since a
+--     client-side limit binds only the clients that keep it.
+--   * In this database, pg_notify and the advisory-lock functions are executable only by the
+--     merger role and the schema owner (a worker holding a world's leader lock would stall
+--     its merger). The NOTIFY command cannot be revoked; a notification is only a wake-up.
 --   * Re-applying schema.sql (plain `init`) turns the three functions back into SECURITY
 --     INVOKER: workers then fail closed (42501) until `init --roles` runs again.
 
@@ -27,6 +32,12 @@ CREATE TABLE IF NOT EXISTS dreamcatcher.stream_owners (
     granted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (world, stream_id)
 );
+-- The largest payload a worker may append to the stream, in bytes of the payload's text as
+-- PostgreSQL prints it (jsonb adds a space after every ':' and ','; DeltaClient counts compact
+-- JSON, default 1 MiB, so the default here is twice that). The client's limit is the worker's
+-- own business; this one holds whatever a worker sends.
+ALTER TABLE dreamcatcher.stream_owners
+    ADD COLUMN IF NOT EXISTS max_payload_bytes integer NOT NULL DEFAULT 2097152 CHECK (max_payload_bytes > 0);
 CREATE INDEX IF NOT EXISTS stream_owners_role ON dreamcatcher.stream_owners (role_name);
 
 -- ---------------------------------------------------------------------------
@@ -34,41 +45,57 @@ CREATE INDEX IF NOT EXISTS stream_owners_role ON dreamcatcher.stream_owners (rol
 -- a worker may call them to learn what it may write.
 -- ---------------------------------------------------------------------------
 
+-- The payload limit of stream p_stream of world p_world when the session's login role may
+-- write it, else NULL. (PL/pgSQL rather than SQL: its plan is prepared once per session.)
+CREATE OR REPLACE FUNCTION dreamcatcher.session_stream_limit(p_world text, p_stream text) RETURNS integer
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT o.max_payload_bytes FROM dreamcatcher.stream_owners o
+            JOIN pg_catalog.pg_roles r ON r.rolname = o.role_name
+            WHERE o.world = p_world AND o.stream_id = p_stream
+              AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
+END $$;
+
 -- May the session's login role write stream p_stream of world p_world?
 CREATE OR REPLACE FUNCTION dreamcatcher.session_owns_stream(p_world text, p_stream text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM dreamcatcher.stream_owners o
-        JOIN pg_catalog.pg_roles r ON r.rolname = o.role_name
-        WHERE o.world = p_world AND o.stream_id = p_stream
-          AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
+LANGUAGE sql STABLE AS $$
+    SELECT dreamcatcher.session_stream_limit(p_world, p_stream) IS NOT NULL
 $$;
 
 -- Does the session's login role own at least one stream of world p_world?
 CREATE OR REPLACE FUNCTION dreamcatcher.session_writes_world(p_world text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
         SELECT 1 FROM dreamcatcher.stream_owners o
         JOIN pg_catalog.pg_roles r ON r.rolname = o.role_name
         WHERE o.world = p_world
-          AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
-$$;
+          AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
+END $$;
 
 -- delta_log: every row of the statement must be of a stream the session owns.
 CREATE OR REPLACE FUNCTION dreamcatcher.tg_delta_log_owner() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r record;
+    r       record;
+    v_limit integer;
 BEGIN
     IF has_table_privilege(session_user, TG_RELID, 'INSERT') THEN
         RETURN NULL;
     END IF;
-    FOR r IN SELECT DISTINCT n.world, n.stream_id FROM new_rows n LOOP
-        IF NOT dreamcatcher.session_owns_stream(r.world, r.stream_id) THEN
+    FOR r IN SELECT n.world, n.stream_id, max(octet_length(n.payload::text)) AS size
+             FROM new_rows n GROUP BY n.world, n.stream_id LOOP
+        v_limit := dreamcatcher.session_stream_limit(r.world, r.stream_id);
+        IF v_limit IS NULL THEN
             RAISE EXCEPTION 'role % may not write stream % of world %',
                             session_user, quote_literal(r.stream_id), quote_literal(r.world)
                 USING ERRCODE = '42501',
                       HINT = 'The stream''s owner is set with dreamcatcher.grant_stream(world, stream_id, role).';
+        END IF;
+        IF r.size > v_limit THEN
+            RAISE EXCEPTION 'a payload of % bytes is over the limit of stream % of world % (% bytes)',
+                            r.size, quote_literal(r.stream_id), quote_literal(r.world), v_limit
+                USING ERRCODE = '54000';
         END IF;
     END LOOP;
     RETURN NULL;
@@ -82,14 +109,23 @@ CREATE OR REPLACE TRIGGER delta_log_check_owner
 -- late_log: a late attempt is recorded only for a stream the session owns.
 CREATE OR REPLACE FUNCTION dreamcatcher.tg_late_log_owner() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_limit integer;
 BEGIN
     IF has_table_privilege(session_user, TG_RELID, 'INSERT') THEN
         RETURN NEW;  -- (a separate IF: the check function is not even looked up then)
     END IF;
-    IF NOT dreamcatcher.session_owns_stream(NEW.world, NEW.stream_id) THEN
+    v_limit := dreamcatcher.session_stream_limit(NEW.world, NEW.stream_id);
+    IF v_limit IS NULL THEN
         RAISE EXCEPTION 'role % may not write stream % of world %',
                         session_user, quote_literal(NEW.stream_id), quote_literal(NEW.world)
             USING ERRCODE = '42501';
+    END IF;
+    IF octet_length(NEW.payload::text) > v_limit THEN
+        RAISE EXCEPTION 'a payload of % bytes is over the limit of stream % of world % (% bytes)',
+                        octet_length(NEW.payload::text), quote_literal(NEW.stream_id), quote_literal(NEW.world),
+                        v_limit
+            USING ERRCODE = '54000';
     END IF;
     RETURN NEW;
 END $$;
@@ -136,6 +172,7 @@ ALTER FUNCTION dreamcatcher.close_frame(text, bigint, text)
 REVOKE EXECUTE ON FUNCTION dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.append_deltas(text, text, bigint[], timestamptz[], jsonb[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.session_stream_limit(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_owns_stream(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_writes_world(text) FROM PUBLIC;
 
@@ -143,18 +180,23 @@ REVOKE EXECUTE ON FUNCTION dreamcatcher.session_writes_world(text) FROM PUBLIC;
 -- Stream ownership, managed by the schema owner.
 -- ---------------------------------------------------------------------------
 
--- Let members of p_role write stream p_stream of world p_world (replaces its owner).
-CREATE OR REPLACE FUNCTION dreamcatcher.grant_stream(p_world text, p_stream text, p_role name) RETURNS void
+-- Let members of p_role write stream p_stream of world p_world (replaces its owner and, when
+-- given, its payload limit).
+DROP FUNCTION IF EXISTS dreamcatcher.grant_stream(text, text, name);
+CREATE OR REPLACE FUNCTION dreamcatcher.grant_stream(
+    p_world text, p_stream text, p_role name, p_max_payload_bytes integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_role) THEN
         RAISE EXCEPTION 'role % does not exist', quote_ident(p_role) USING ERRCODE = '42704';
     END IF;
-    INSERT INTO dreamcatcher.stream_owners (world, stream_id, role_name)
-    VALUES (p_world, p_stream, p_role)
+    INSERT INTO dreamcatcher.stream_owners AS o (world, stream_id, role_name, max_payload_bytes)
+    VALUES (p_world, p_stream, p_role, coalesce(p_max_payload_bytes, 2097152))
     ON CONFLICT (world, stream_id) DO UPDATE
-       SET role_name = excluded.role_name, granted_at = excluded.granted_at
-     WHERE stream_owners.role_name IS DISTINCT FROM excluded.role_name;
+       SET role_name = excluded.role_name, granted_at = excluded.granted_at,
+           max_payload_bytes = coalesce(p_max_payload_bytes, o.max_payload_bytes)
+     WHERE o.role_name IS DISTINCT FROM excluded.role_name
+        OR o.max_payload_bytes IS DISTINCT FROM coalesce(p_max_payload_bytes, o.max_payload_bytes);
 END $$;
 
 -- Nobody may write the stream any more (but the owner and superusers). True if it had an owner.
@@ -165,7 +207,7 @@ LANGUAGE sql AS $$
     SELECT EXISTS (SELECT 1 FROM gone)
 $$;
 
-REVOKE EXECUTE ON FUNCTION dreamcatcher.grant_stream(text, text, name) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.grant_stream(text, text, name, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.revoke_stream(text, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
@@ -221,6 +263,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb),'
                    ' dreamcatcher.append_deltas(text, text, bigint[], timestamptz[], jsonb[]),'
                    ' dreamcatcher.close_frame(text, bigint, text),'
+                   ' dreamcatcher.session_stream_limit(text, text),'
                    ' dreamcatcher.session_owns_stream(text, text),'
                    ' dreamcatcher.session_writes_world(text) TO %I', v_worker);
 

@@ -31,13 +31,23 @@ CREATE TABLE IF NOT EXISTS dreamcatcher.delta_log (
     world       text        NOT NULL,
     frame       bigint      NOT NULL CHECK (frame >= 0),
     stream_id   text        NOT NULL CHECK (stream_id <> '' AND length(stream_id) <= 200),
-    utc         timestamptz NOT NULL,
+    utc         timestamptz NOT NULL CHECK (isfinite(utc)),
     payload     jsonb       NOT NULL CHECK (jsonb_typeof(payload) = 'object'),
     late        boolean     NOT NULL DEFAULT false,
     inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (world, frame, stream_id, utc)
 );
 CREATE INDEX IF NOT EXISTS delta_log_late ON dreamcatcher.delta_log (world) WHERE late;
+-- (databases made before the check existed get it too; NOT VALID: old rows are not re-read)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'dreamcatcher.delta_log'::regclass
+                   AND conname = 'delta_log_utc_finite') AND NOT EXISTS (
+           SELECT 1 FROM pg_constraint WHERE conrelid = 'dreamcatcher.delta_log'::regclass
+           AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%isfinite(utc)%') THEN
+        ALTER TABLE dreamcatcher.delta_log ADD CONSTRAINT delta_log_utc_finite CHECK (isfinite(utc)) NOT VALID;
+    END IF;
+END $$;
 
 REVOKE UPDATE, DELETE, TRUNCATE ON dreamcatcher.delta_log FROM PUBLIC;
 
