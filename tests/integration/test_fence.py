@@ -269,12 +269,14 @@ async def test_a_reader_never_sees_a_merged_frame_without_an_acknowledged_delta(
     seen_log: dict[int, Counter[str]] = {}
     acked_when_seen: dict[int, set[str]] = {}
 
-    async def inserter(dc: DeltaClient, tag: str) -> None:
+    async def inserter(dc: DeltaClient, tag: str, lag: float = 0.0) -> None:
         n = 0
         while not stop_inserting.is_set():
             frame = current[0]
             oid = f"{tag}/{n}"
             n += 1
+            if lag:  # a slow writer: it holds a frame it read a moment ago, so it meets closes
+                await asyncio.sleep(lag)
             try:
                 await dc.insert_delta(frame, obs(oid), utc=unique_utc())
             except FrameClosedError:
@@ -324,6 +326,7 @@ async def test_a_reader_never_sees_a_merged_frame_without_an_acknowledged_delta(
                 closer(closing, log_reader),
                 reader(),
                 *(inserter(dc, f"{i}.{t}") for i, dc in enumerate(dcs) for t in range(TASKS_PER_CLIENT)),
+                *(inserter(dcs[0], f"slow.{t}", lag=0.003) for t in range(2)),
             )
 
     assert sorted(seen_state) == list(range(1, last_frame + 1))
