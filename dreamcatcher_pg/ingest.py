@@ -53,7 +53,7 @@ import asyncpg
 import orjson
 from rich.table import Table
 
-from .errors import ConnectionLostError, map_db_error
+from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
 from .merger import Merger
 from .models import MAX_DEPTH, MAX_FRAME, validate_identity
 from .queries import query
@@ -557,7 +557,7 @@ async def ingest_directory(
                 report.blocked_by = await conn.fetchval(
                     query("ingest_blocking_frame"), world, report.frames_unmerged[0]
                 )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
     finally:
         await conn.close()

@@ -47,6 +47,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .errors import DRIVER_ERRORS
 from .queries import query
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class DatabaseRefresher:
                     if self._failing:
                         log.info("metrics: reading the database works again")
                     self._failing = False
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                except (*DRIVER_ERRORS, TimeoutError) as exc:
                     self.errors += 1
                     if not self._failing:
                         log.warning("metrics: cannot read the database (%s); retrying every %.0fs",

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from .errors import DreamcatcherError, map_db_error
+from .errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
 from .queries import query
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ async def connected(conn_or_dsn: ConnOrDsn) -> AsyncIterator[asyncpg.Connection]
                 await conn.close()
         else:
             yield conn_or_dsn
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
 
 

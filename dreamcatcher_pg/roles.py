@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from .errors import DreamcatcherError, map_db_error
+from .errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
 from .schema import _INIT_LOCK_KEY
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ async def install_roles(conn: asyncpg.Connection, prefix: str = DEFAULT_PREFIX) 
             locks_open = await conn.fetchval(
                 "SELECT has_function_privilege($1, 'pg_try_advisory_lock(bigint)', 'EXECUTE')", names.worker
             )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
     assert list(created) == list(names), (created, names)
     if locks_open:
@@ -122,7 +122,7 @@ async def grant_stream(
         await conn.execute(
             "SELECT dreamcatcher.grant_stream($1, $2, $3, $4)", world, stream_id, role, max_payload_bytes
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
 
 
@@ -130,5 +130,5 @@ async def revoke_stream(conn: asyncpg.Connection, world: str, stream_id: str) ->
     """Nobody (but the schema owner and superusers) may write the stream any more."""
     try:
         return bool(await conn.fetchval("SELECT dreamcatcher.revoke_stream($1, $2)", world, stream_id))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc

@@ -18,6 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .errors import DRIVER_ERRORS
 from .queries import query
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def watch_status(
         while iterations is None or count < iterations:
             try:
                 update(await collect_status(dsn, world))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DRIVER_ERRORS as exc:
                 update(exc)  # the database went away: say so, and keep trying
             count += 1
             if iterations is None or count < iterations:
