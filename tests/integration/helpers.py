@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import random
 import secrets
@@ -394,3 +395,13 @@ async def extra_database(
             await admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows as dicts, jsonb decoded, on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()

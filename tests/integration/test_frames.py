@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
+from helpers import fetch
 
 from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger, MergeResult
 
@@ -40,15 +39,6 @@ async def merge(dsn: str) -> list[MergeResult]:
         return await merger.run_until_idle()
     finally:
         await merger.aclose()
-
-
-async def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
 
 
 async def frames(dsn: str) -> dict[int, dict[str, Any]]:

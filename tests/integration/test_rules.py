@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
+from helpers import fetch
 
 from dreamcatcher_pg import DeltaClient, Merger, MergeResult
 
@@ -47,15 +47,6 @@ async def close_and_merge(dsn: str, *frames: int, world: str = WORLD) -> list[Me
         return await merger.run_until_idle()
     finally:
         await merger.aclose()
-
-
-async def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
 
 
 async def one(dsn: str, sql: str, *args: Any) -> dict[str, Any]:
