@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,7 +60,6 @@ class MergerStats:
     errors: int = 0
     is_leader: bool = False
     last_frame: int | None = None
-    merge_seconds: list[float] = field(default_factory=list)
 
 
 class Merger:
@@ -169,8 +168,6 @@ class Merger:
             self.stats.deltas_merged += result.deltas
             self.stats.quarantined += int(stats["quarantined"])
             self.stats.last_frame = result.frame
-            self.stats.merge_seconds.append(seconds)
-            del self.stats.merge_seconds[:-1000]
             log.info(
                 "merged world=%s frame=%s deltas=%s changes=%s quarantined=%s duration_ms=%.1f hash=%s",
                 self.world, frame, result.deltas, stats["changes"], stats["quarantined"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: The largest payload accepted by the client, in bytes of serialized JSON.
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
@@ -19,7 +19,6 @@ class Settings:
     poll_interval: float = 1.0
     data_dir: str | None = None
     log_format: str = "text"
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

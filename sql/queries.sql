@@ -26,9 +26,6 @@ RETURNING w.world, w.expected_streams, w.late_policy, extract(epoch FROM w.close
 -- name: try_leader_lock
 SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key($1));
 
--- name: leader_unlock
-SELECT pg_advisory_unlock(dreamcatcher.leader_lock_key($1));
-
 -- name: heartbeat
 INSERT INTO dreamcatcher.mergers (world, holder, backend_pid, started_at, heartbeat_at)
 VALUES ($1, $2, pg_backend_pid(), $3, clock_timestamp())
