@@ -23,7 +23,9 @@ $$;
 CREATE OR REPLACE FUNCTION dreamcatcher.jint(j jsonb) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
-               WHEN jsonb_typeof(j) = 'number' AND j::text ~ '^-?[0-9]{1,18}$' THEN (j::text)::bigint
+               -- an integral number of at most 18 digits (1.0 is not an integer here, 1e3 is)
+               WHEN jsonb_typeof(j) = 'number'
+                   THEN CASE WHEN scale(j::numeric) = 0 AND abs(j::numeric) < 1e18 THEN j::numeric::bigint END
                WHEN jsonb_typeof(j) = 'string' AND btrim(j #>> '{}') ~ '^-?[0-9]{1,18}$'
                    THEN (btrim(j #>> '{}'))::bigint
                ELSE NULL
@@ -94,110 +96,168 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT p_key IN ('frame', 'stream_id', 'utc', '_meta', 'completed_at')
 $$;
 
--- Read one item under one rule: (kind, ekey, data, reason). kind 'tally' marks
--- a reaction count with no identity; reason is set when the item is unreadable.
+-- A rule key's value as a list of items: an array as itself, null as empty, anything else as
+-- a list of one.
+CREATE OR REPLACE FUNCTION dreamcatcher.jlist(j jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(j) WHEN 'array' THEN j WHEN 'null' THEN '[]'::jsonb ELSE jsonb_build_array(j) END
+$$;
+
+-- An entity key longer than an index entry can hold (~2.7 kB) would fail the whole frame,
+-- forever: such an item is unreadable.
+CREATE OR REPLACE FUNCTION dreamcatcher.long_key_reason(p_ekey text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN octet_length(p_ekey) > 1024 THEN 'entity key is longer than 1024 bytes' END
+$$;
+
+-- The readers: one item of one rule key -> (kind, ekey, data, reason). kind 'tally' marks a
+-- reaction count with no identity; reason is set when the item is unreadable. Each is a
+-- single SELECT that the planner inlines into merge_frame: no function call per item. Every
+-- intermediate value sits in an OFFSET 0 subquery, so it is computed once per item, not once
+-- per use.
+
+-- posts: {number, ...} or a bare number; scalar fields last-write-wins
+CREATE OR REPLACE FUNCTION dreamcatcher.read_post(p_item jsonb)
+RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'post'::text, x.n::text,
+           CASE WHEN x.t = 'object' THEN p_item || jsonb_build_object('number', x.n)
+                ELSE jsonb_build_object('number', x.n) END,
+           CASE WHEN x.n IS NULL THEN 'post has no readable number' END
+    FROM (SELECT ty.t, CASE WHEN ty.t = 'object' THEN dreamcatcher.jint(p_item -> 'number')
+                            ELSE dreamcatcher.jint(p_item) END AS n
+          FROM (SELECT jsonb_typeof(p_item) AS t OFFSET 0) ty
+          OFFSET 0) x
+$$;
+
+-- agents: {id | agent_id | agent, ...}; scalar fields last-write-wins
+CREATE OR REPLACE FUNCTION dreamcatcher.read_agent(p_item jsonb)
+RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'agent'::text, y.a, x.d || jsonb_build_object('id', y.a),
+           CASE WHEN jsonb_typeof(p_item) <> 'object' THEN 'agent update is not an object'
+                WHEN y.a IS NULL THEN 'agent update has no id'
+                ELSE dreamcatcher.long_key_reason(y.a) END
+    FROM (SELECT CASE WHEN p_item ?| ARRAY['agent_id', 'agent']
+                      THEN dreamcatcher.jrename(p_item, 'id', ARRAY['agent_id', 'agent']) ELSE p_item END AS d
+          OFFSET 0) x
+    CROSS JOIN LATERAL (SELECT dreamcatcher.jtext(x.d -> 'id') AS a OFFSET 0) y
+$$;
+
+-- comments: an object (aliases folded to id, author, reply_to, body) or a bare id string
+CREATE OR REPLACE FUNCTION dreamcatcher.read_comment(p_item jsonb)
+RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'comment'::text, k.ekey, x.d,
+           CASE WHEN x.t NOT IN ('object', 'string') THEN 'comment is neither an object nor an id string'
+                WHEN x.d = '{}'::jsonb THEN 'comment has no id and no content'
+                ELSE dreamcatcher.long_key_reason(k.ekey) END
+    FROM (SELECT ty.t, CASE
+                     -- the usual shape, with no alias to fold: read as it is
+                     WHEN ty.t = 'object' AND NOT (p_item ?| ARRAY['comment_id', 'agent', 'replied_to', 'replyTo',
+                                                                   'target', 'content', 'summary'])
+                         THEN p_item
+                     WHEN ty.t = 'object' THEN
+                         dreamcatcher.jrename(dreamcatcher.jrename(dreamcatcher.jrename(dreamcatcher.jrename(
+                             p_item, 'id', ARRAY['comment_id']),
+                             'author', ARRAY['agent']),
+                             'reply_to', ARRAY['replied_to', 'replyTo', 'target']),
+                             'body', ARRAY['content', 'summary'])
+                     WHEN ty.t = 'string' AND dreamcatcher.jtext(p_item) IS NOT NULL
+                         THEN jsonb_build_object('id', dreamcatcher.jtext(p_item))
+                     ELSE '{}'::jsonb
+                 END AS d
+          FROM (SELECT jsonb_typeof(p_item) AS t OFFSET 0) ty
+          OFFSET 0) x
+    CROSS JOIN LATERAL (SELECT CASE WHEN c.cid IS NOT NULL THEN 'id:' || c.cid
+                                    ELSE 'content:' || md5(x.d::text) END AS ekey
+                        FROM (SELECT dreamcatcher.jtext(x.d -> 'id') AS cid OFFSET 0) c
+                        OFFSET 0) k
+$$;
+
+-- reactions: {target|node, type|reaction, author|agent}, "NODE:TYPE", "TYPE on NODE";
+-- tallies ({..., count} without a target, or a bare number) have no identity
+CREATE OR REPLACE FUNCTION dreamcatcher.read_reaction(p_item jsonb)
+RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN z.target IS NOT NULL AND z.rtype IS NOT NULL THEN 'reaction'
+                WHEN z.t = 'number' OR (z.t = 'object' AND p_item ? 'count') THEN 'tally'
+                ELSE 'reaction' END,
+           k.ekey,
+           CASE WHEN z.t = 'object' THEN
+                    (p_item - ARRAY['node', 'reaction', 'agent'])
+                    || jsonb_build_object('target', z.target, 'type', z.rtype, 'author', z.author)
+                ELSE jsonb_build_object('target', z.target, 'type', z.rtype, 'author', z.author) END,
+           CASE WHEN z.target IS NOT NULL AND z.rtype IS NOT NULL THEN dreamcatcher.long_key_reason(k.ekey)
+                WHEN z.t = 'number' OR (z.t = 'object' AND p_item ? 'count') THEN NULL
+                ELSE 'reaction names no target and type' END
+    FROM (SELECT sx.t,
+                 CASE WHEN sx.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'target'), dreamcatcher.jtext(p_item -> 'node'))
+                      WHEN sx.t = 'string' AND sx.s ~ '^.+ on .+$' THEN nullif(btrim(substring(sx.s FROM '^.+? on (.+)$')), '')
+                      WHEN sx.t = 'string' AND sx.s ~ '^.+:[^:]+$' THEN nullif(btrim(substring(sx.s FROM '^(.+):[^:]+$')), '')
+                 END AS target,
+                 CASE WHEN sx.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'type'), dreamcatcher.jtext(p_item -> 'reaction'))
+                      WHEN sx.t = 'string' AND sx.s ~ '^.+ on .+$' THEN nullif(btrim(substring(sx.s FROM '^(.+?) on .+$')), '')
+                      WHEN sx.t = 'string' AND sx.s ~ '^.+:[^:]+$' THEN nullif(btrim(substring(sx.s FROM ':([^:]+)$')), '')
+                 END AS rtype,
+                 CASE WHEN sx.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'author'), dreamcatcher.jtext(p_item -> 'agent'))
+                 END AS author
+          FROM (SELECT jsonb_typeof(p_item) AS t,
+                       CASE WHEN jsonb_typeof(p_item) = 'string' THEN p_item #>> '{}' END AS s
+                OFFSET 0) sx
+          OFFSET 0) z
+    CROSS JOIN LATERAL (SELECT jsonb_build_array(z.target, z.rtype, z.author)::text AS ekey OFFSET 0) k
+$$;
+
+-- chapters: {book, agent|author, chapter, target?}; dedupe by (book, agent, chapter)
+CREATE OR REPLACE FUNCTION dreamcatcher.read_chapter(p_item jsonb)
+RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'chapter'::text, k.ekey,
+           CASE WHEN c.t = 'object'
+                THEN dreamcatcher.jrename(p_item, 'agent', ARRAY['author'])
+                     || jsonb_build_object('book', c.book, 'agent', c.agent, 'chapter', c.chapter)
+           END,
+           CASE WHEN c.t <> 'object' THEN 'chapter is not an object'
+                WHEN c.book IS NULL THEN 'chapter names no book'
+                WHEN c.agent IS NULL THEN 'chapter names no agent'
+                WHEN c.chapter IS NULL THEN 'chapter has no readable chapter number'
+                WHEN p_item ? 'target' AND coalesce(dreamcatcher.jint(p_item -> 'target') < 1, true)
+                    THEN 'chapter target is not a positive integer'
+                ELSE dreamcatcher.long_key_reason(k.ekey) END
+    FROM (SELECT ty.t,
+                 CASE WHEN ty.t = 'object' THEN dreamcatcher.jtext(p_item -> 'book') END AS book,
+                 CASE WHEN ty.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'agent'),
+                                                         dreamcatcher.jtext(p_item -> 'author')) END AS agent,
+                 CASE WHEN ty.t = 'object' THEN dreamcatcher.jint(p_item -> 'chapter') END AS chapter
+          FROM (SELECT jsonb_typeof(p_item) AS t OFFSET 0) ty
+          OFFSET 0) c
+    CROSS JOIN LATERAL (SELECT jsonb_build_array(c.book, c.agent, c.chapter)::text AS ekey OFFSET 0) k
+$$;
+
+-- observations: every one is kept, no dedupe; keyed by where it sits in the log
+CREATE OR REPLACE FUNCTION dreamcatcher.read_observation(
+    p_item jsonb, p_frame bigint, p_stream text, p_utc timestamptz, p_pos bigint)
+RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'observation'::text,
+           jsonb_build_array(p_frame, p_stream, (extract(epoch FROM p_utc) * 1000000)::bigint, p_pos)::text,
+           p_item, NULL::text
+$$;
+
+-- Read one item under one rule key (the readers above, by key). merge_frame calls the
+-- readers directly, one statement arm per key; this is for reading a single item by hand.
 CREATE OR REPLACE FUNCTION dreamcatcher.read_item(
     p_key text, p_item jsonb, p_frame bigint, p_stream text, p_utc timestamptz, p_pos bigint)
 RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT r.kind, r.ekey, r.data,
-           CASE WHEN r.reason IS NULL AND r.kind NOT IN ('tally', 'observation') AND octet_length(r.ekey) > 1024
-                -- an index entry holds ~2.7 kB: a longer key would fail the whole frame, forever
-                THEN 'entity key is longer than 1024 bytes' ELSE r.reason END
-    FROM (SELECT jsonb_typeof(p_item) AS t) ty
-    CROSS JOIN LATERAL (
-        -- posts: {number, ...} or a bare number; scalar fields last-write-wins
-        SELECT 'post'::text AS kind, n::text AS ekey,
-               CASE WHEN ty.t = 'object' THEN p_item || jsonb_build_object('number', n)
-                    ELSE jsonb_build_object('number', n) END AS data,
-               CASE WHEN n IS NULL THEN 'post has no readable number' END AS reason
-        FROM (SELECT CASE WHEN ty.t = 'object' THEN dreamcatcher.jint(p_item -> 'number')
-                          ELSE dreamcatcher.jint(p_item) END AS n) x
-        WHERE p_key IN ('posts_created', 'posts_updated')
-      UNION ALL
-        -- agents: {id | agent_id | agent, ...}; scalar fields last-write-wins
-        SELECT 'agent', a, d || jsonb_build_object('id', a),
-               CASE WHEN ty.t <> 'object' THEN 'agent update is not an object'
-                    WHEN a IS NULL THEN 'agent update has no id' END
-        FROM (SELECT dreamcatcher.jrename(p_item, 'id', ARRAY['agent_id', 'agent']) AS d OFFSET 0) x
-        CROSS JOIN LATERAL (SELECT dreamcatcher.jtext(x.d -> 'id') AS a) y
-        WHERE p_key = 'agents_updated'
-      UNION ALL
-        -- comments: an object (aliases folded to id, author, reply_to, body) or a bare id string
-        SELECT 'comment',
-               CASE WHEN cid IS NOT NULL THEN 'id:' || cid ELSE 'content:' || md5(d::text) END,
-               d,
-               CASE WHEN ty.t NOT IN ('object', 'string') THEN 'comment is neither an object nor an id string'
-                    WHEN d = '{}'::jsonb THEN 'comment has no id and no content' END
-        FROM (SELECT CASE
-                         WHEN ty.t = 'string' AND dreamcatcher.jtext(p_item) IS NOT NULL
-                             THEN jsonb_build_object('id', dreamcatcher.jtext(p_item))
-                         WHEN ty.t = 'object' THEN
-                             dreamcatcher.jrename(dreamcatcher.jrename(dreamcatcher.jrename(dreamcatcher.jrename(
-                                 p_item, 'id', ARRAY['comment_id']),
-                                 'author', ARRAY['agent']),
-                                 'reply_to', ARRAY['replied_to', 'replyTo', 'target']),
-                                 'body', ARRAY['content', 'summary'])
-                         ELSE '{}'::jsonb
-                     END AS d
-              OFFSET 0) x  -- computed once per item, not once per use of d
-        CROSS JOIN LATERAL (SELECT dreamcatcher.jtext(x.d -> 'id') AS cid) y
-        WHERE p_key = 'comments_added'
-      UNION ALL
-        -- reactions: {target|node, type|reaction, author|agent}, "NODE:TYPE", "TYPE on NODE";
-        -- tallies ({..., count} without a target, or a bare number) have no identity
-        SELECT CASE WHEN z.target IS NOT NULL AND z.rtype IS NOT NULL THEN 'reaction'
-                    WHEN ty.t = 'number' OR (ty.t = 'object' AND p_item ? 'count') THEN 'tally'
-                    ELSE 'reaction' END,
-               jsonb_build_array(z.target, z.rtype, z.author)::text,
-               CASE WHEN ty.t = 'object' THEN
-                        (p_item - ARRAY['node', 'reaction', 'agent'])
-                        || jsonb_build_object('target', z.target, 'type', z.rtype, 'author', z.author)
-                    ELSE jsonb_build_object('target', z.target, 'type', z.rtype, 'author', z.author) END,
-               CASE WHEN z.target IS NOT NULL AND z.rtype IS NOT NULL THEN NULL
-                    WHEN ty.t = 'number' OR (ty.t = 'object' AND p_item ? 'count') THEN NULL
-                    ELSE 'reaction names no target and type' END
-        FROM (SELECT
-                  CASE WHEN ty.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'target'), dreamcatcher.jtext(p_item -> 'node'))
-                       WHEN ty.t = 'string' AND s ~ '^.+ on .+$' THEN nullif(btrim(substring(s FROM '^.+? on (.+)$')), '')
-                       WHEN ty.t = 'string' AND s ~ '^.+:[^:]+$' THEN nullif(btrim(substring(s FROM '^(.+):[^:]+$')), '')
-                  END AS target,
-                  CASE WHEN ty.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'type'), dreamcatcher.jtext(p_item -> 'reaction'))
-                       WHEN ty.t = 'string' AND s ~ '^.+ on .+$' THEN nullif(btrim(substring(s FROM '^(.+?) on .+$')), '')
-                       WHEN ty.t = 'string' AND s ~ '^.+:[^:]+$' THEN nullif(btrim(substring(s FROM ':([^:]+)$')), '')
-                  END AS rtype,
-                  CASE WHEN ty.t = 'object' THEN coalesce(dreamcatcher.jtext(p_item -> 'author'), dreamcatcher.jtext(p_item -> 'agent'))
-                  END AS author
-              FROM (SELECT CASE WHEN ty.t = 'string' THEN p_item #>> '{}' END AS s) sx) z
-        WHERE p_key = 'reactions_added'
-      UNION ALL
-        -- chapters: {book, agent|author, chapter, target?}; dedupe by (book, agent, chapter)
-        SELECT 'chapter', jsonb_build_array(c.book, c.agent, c.chapter)::text,
-               CASE WHEN ty.t = 'object'
-                    THEN dreamcatcher.jrename(p_item, 'agent', ARRAY['author'])
-                         || jsonb_build_object('book', c.book, 'agent', c.agent, 'chapter', c.chapter)
-               END,
-               CASE WHEN ty.t <> 'object' THEN 'chapter is not an object'
-                    WHEN c.book IS NULL THEN 'chapter names no book'
-                    WHEN c.agent IS NULL THEN 'chapter names no agent'
-                    WHEN c.chapter IS NULL THEN 'chapter has no readable chapter number'
-                    WHEN p_item ? 'target' AND (dreamcatcher.jint(p_item -> 'target') IS NULL
-                                                OR dreamcatcher.jint(p_item -> 'target') < 1)
-                        THEN 'chapter target is not a positive integer' END
-        FROM (SELECT dreamcatcher.jtext(p_item -> 'book') AS book,
-                     coalesce(dreamcatcher.jtext(p_item -> 'agent'), dreamcatcher.jtext(p_item -> 'author')) AS agent,
-                     dreamcatcher.jint(p_item -> 'chapter') AS chapter
-              WHERE ty.t = 'object'
-              UNION ALL SELECT NULL, NULL, NULL WHERE ty.t <> 'object') c
-        WHERE p_key = 'chapters'
-      UNION ALL
-        -- observations: every one is kept, no dedupe; keyed by where it sits in the log
-        SELECT 'observation',
-               jsonb_build_array(p_frame, p_stream,
-                                 (extract(epoch FROM p_utc) * 1000000)::bigint, p_pos)::text,
-               p_item, NULL
-        WHERE p_key = 'observations'
-    ) r
+    SELECT * FROM dreamcatcher.read_post(p_item) WHERE p_key IN ('posts_created', 'posts_updated')
+    UNION ALL SELECT * FROM dreamcatcher.read_agent(p_item) WHERE p_key = 'agents_updated'
+    UNION ALL SELECT * FROM dreamcatcher.read_comment(p_item) WHERE p_key = 'comments_added'
+    UNION ALL SELECT * FROM dreamcatcher.read_reaction(p_item) WHERE p_key = 'reactions_added'
+    UNION ALL SELECT * FROM dreamcatcher.read_chapter(p_item) WHERE p_key = 'chapters'
+    UNION ALL SELECT * FROM dreamcatcher.read_observation(p_item, p_frame, p_stream, p_utc, p_pos)
+              WHERE p_key = 'observations'
 $$;
 
 -- The deltas that a merge of `frame` takes: the frame's own (not late), plus
@@ -253,147 +313,160 @@ BEGIN
                       WHERE x.world = d.world AND x.frame = d.frame
                         AND x.stream_id = d.stream_id AND x.utc = d.utc);
 
-    -- scratch tables, made once per session; emptied at every commit
-    IF to_regclass('pg_temp._dc_changes') IS NULL THEN
-        CREATE TEMP TABLE _dc_deltas (
-            frame bigint, stream_id text COLLATE "C", utc timestamptz, payload jsonb) ON COMMIT DELETE ROWS;
-        CREATE TEMP TABLE _dc_items (
-            frame bigint, utc timestamptz, stream_id text COLLATE "C", rank integer, pos bigint,
-            key text, item jsonb, kind text, ekey text, data jsonb, reason text) ON COMMIT DELETE ROWS;
-        CREATE TEMP TABLE _dc_changes (
-            kind text, ekey text, old jsonb, new jsonb, first_frame bigint, old_ctid tid) ON COMMIT DELETE ROWS;
-    ELSIF EXISTS (SELECT 1 FROM _dc_deltas) OR EXISTS (SELECT 1 FROM _dc_changes) THEN
-        TRUNCATE _dc_deltas, _dc_items, _dc_changes;  -- a second merge in one transaction (replay)
-    END IF;
+    SELECT count(*) INTO v_deltas FROM dreamcatcher.frame_deltas(p_world, p_frame);
 
-    INSERT INTO _dc_deltas SELECT * FROM dreamcatcher.frame_deltas(p_world, p_frame);
-    GET DIAGNOSTICS v_deltas = ROW_COUNT;
-
-    -- explode every delta into the items its rules read
-    INSERT INTO _dc_items
-    SELECT d.frame, d.utc, d.stream_id, dreamcatcher.rule_rank(kv.key), e.pos, kv.key, e.item,
-           r.kind, r.ekey, r.data, r.reason
-    FROM _dc_deltas d
-    CROSS JOIN LATERAL jsonb_each(d.payload) AS kv(key, value)
-    CROSS JOIN LATERAL jsonb_array_elements(
-        CASE jsonb_typeof(kv.value) WHEN 'array' THEN kv.value
-                                    WHEN 'null' THEN '[]'::jsonb
-                                    ELSE jsonb_build_array(kv.value) END) WITH ORDINALITY AS e(item, pos)
-    CROSS JOIN LATERAL dreamcatcher.read_item(kv.key, e.item, d.frame, d.stream_id, d.utc, e.pos) AS r
-    WHERE dreamcatcher.rule_rank(kv.key) IS NOT NULL;
-
-    -- unreadable items: quarantined with their reason, never dropped
-    INSERT INTO dreamcatcher.quarantine_log (world, frame, stream_id, utc, key, position, reason, item, merged_in)
-    SELECT p_world, i.frame, i.stream_id, i.utc, i.key, i.pos, i.reason, i.item, p_frame
-    FROM _dc_items i WHERE i.reason IS NOT NULL
-    ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos;
-
+    -- The whole frame in one statement. Its steps are CTEs: in-memory tuplestores, each read
+    -- by the steps after it, so nothing is written twice and no scratch table is needed.
+    WITH
+    -- 1. every delta exploded into the items of its rule keys, in apply order's terms; a key no
+    --    rule reads leaves one row with rank NULL (counted in the stats, nothing more)
+    e AS (
+        SELECT d.frame, d.utc, d.stream_id COLLATE "C" AS stream_id, k.rank, x.pos, k.key, x.item
+        FROM dreamcatcher.frame_deltas(p_world, p_frame) d
+        CROSS JOIN LATERAL (
+            SELECT kk.key, r.rank, CASE WHEN r.rank IS NULL THEN '[null]'::jsonb ELSE d.payload -> kk.key END AS v
+            FROM jsonb_object_keys(d.payload) AS kk(key)
+            CROSS JOIN LATERAL (SELECT dreamcatcher.rule_rank(kk.key) AS rank OFFSET 0) r
+            WHERE NOT dreamcatcher.is_meta_key(kk.key)
+            OFFSET 0) k
+        CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(k.v)) WITH ORDINALITY AS x(item, pos)
+    ),
+    -- 2. each item through its key's reader; the item itself is kept only where something reads
+    --    it later (quarantine, tallies)
+    items AS MATERIALIZED (
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
+               CASE WHEN r.reason IS NOT NULL OR r.kind = 'tally' THEN e.item END AS item,
+               r.kind, r.ekey, r.data, r.reason
+        FROM e CROSS JOIN LATERAL (
+            SELECT * FROM dreamcatcher.read_post(e.item) WHERE e.rank IN (1, 2)
+            UNION ALL SELECT * FROM dreamcatcher.read_agent(e.item) WHERE e.rank = 3
+            UNION ALL SELECT * FROM dreamcatcher.read_comment(e.item) WHERE e.rank = 4
+            UNION ALL SELECT * FROM dreamcatcher.read_reaction(e.item) WHERE e.rank = 5
+            UNION ALL SELECT * FROM dreamcatcher.read_chapter(e.item) WHERE e.rank = 6
+            UNION ALL SELECT * FROM dreamcatcher.read_observation(e.item, e.frame, e.stream_id, e.utc, e.pos)
+                      WHERE e.rank = 7
+            UNION ALL SELECT 'unmerged', e.key, NULL, NULL WHERE e.rank IS NULL) r
+    ),
+    -- 3. unreadable items: quarantined with their reason, never dropped
+    quarantined AS (
+        INSERT INTO dreamcatcher.quarantine_log (world, frame, stream_id, utc, key, position, reason, item, merged_in)
+        SELECT p_world, i.frame, i.stream_id, i.utc, i.key, i.pos, i.reason, i.item, p_frame
+        FROM items i WHERE i.reason IS NOT NULL
+        ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos
+    ),
     -- Keyed entities. Every lookup of the current version goes through a LATERAL ... LIMIT 1
     -- subquery: a parameterised index probe per changed entity, so the cost of a merge follows
     -- the frame, whatever the planner believes about the size of the state.
-
-    -- posts and agents: upsert, each field last-write-wins (the last occurrence in apply order)
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
-    SELECT p.kind, p.ekey, v.data, coalesce(v.data, '{}'::jsonb) || p.patch,
-           coalesce(v.first_frame, p_frame), v.ctid
-    FROM (SELECT i.kind, i.ekey,
-                 dreamcatcher.jsonb_fold(i.data ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos) AS patch
-          FROM _dc_items i
-          WHERE i.kind IN ('post', 'agent') AND i.reason IS NULL
-          GROUP BY i.kind, i.ekey) p
-    LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
-                       WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
-                         AND c.valid_to IS NULL LIMIT 1) v ON true
-    WHERE v.data IS NULL OR v.data || p.patch <> v.data;
-
-    -- comments, reactions, chapters: append, dedupe. Nothing is overwritten: the first
-    -- occurrence of each field wins, and a later occurrence may only add fields still missing
-    -- (a comment first seen as a bare id gets its author when the full comment arrives).
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
-    SELECT p.kind, p.ekey, v.data, p.patch || coalesce(v.data, '{}'::jsonb),
-           coalesce(v.first_frame, p_frame), v.ctid
-    FROM (SELECT i.kind, i.ekey,
-                 dreamcatcher.jsonb_fold(i.data ORDER BY i.frame DESC, i.utc DESC, i.stream_id DESC,
-                                                         i.rank DESC, i.pos DESC) AS patch
-          FROM _dc_items i
-          WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
-          GROUP BY i.kind, i.ekey) p
-    LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
-                       WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
-                         AND c.valid_to IS NULL LIMIT 1) v ON true
-    WHERE v.data IS NULL OR p.patch || v.data <> v.data;
-
-    -- books: chapter target last-write-wins (default 10); a book compiles in the frame its count
-    -- of chapters reaches the target, and stays compiled. One grouping pass over the frame.
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame, old_ctid)
-    SELECT 'book', b.book, v.data, n.data, coalesce(v.first_frame, p_frame), v.ctid
-    FROM (SELECT u.book, sum(u.new_chapter) AS new_chapters,
-                 (array_agg(u.target ORDER BY u.frame DESC, u.utc DESC, u.stream_id DESC, u.rank DESC, u.pos DESC)
-                      FILTER (WHERE u.target IS NOT NULL))[1] AS target
-          FROM (SELECT c.new ->> 'book' AS book, 1 AS new_chapter, NULL::bigint AS target,
-                       NULL::bigint AS frame, NULL::timestamptz AS utc, NULL::text COLLATE "C" AS stream_id,
-                       NULL::integer AS rank, NULL::bigint AS pos
-                FROM _dc_changes c WHERE c.kind = 'chapter' AND c.old IS NULL
-                UNION ALL
-                SELECT i.data ->> 'book', 0, dreamcatcher.jint(i.item -> 'target'),
-                       i.frame, i.utc, i.stream_id, i.rank, i.pos
-                FROM _dc_items i WHERE i.kind = 'chapter' AND i.reason IS NULL) u
-          GROUP BY u.book) b
-    LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
-                       WHERE c.world = p_world AND c.kind = 'book' AND c.ekey = b.book
-                         AND c.valid_to IS NULL LIMIT 1) v ON true
-    CROSS JOIN LATERAL (
-        SELECT coalesce(b.target, (v.data ->> 'target')::bigint, 10) AS target,
-               coalesce((v.data ->> 'chapters')::bigint, 0) + b.new_chapters AS chapters
-    ) t
-    CROSS JOIN LATERAL (
-        SELECT jsonb_build_object(
-                   'book', b.book, 'target', t.target, 'chapters', t.chapters,
-                   'compiled_frame', coalesce((v.data ->> 'compiled_frame')::bigint,
-                                              CASE WHEN t.chapters >= t.target THEN p_frame END)) AS data
-    ) n
-    WHERE v.data IS DISTINCT FROM n.data;
-
-    -- observations: every one appended (their keys are positions in the log: always new)
-    INSERT INTO _dc_changes (kind, ekey, old, new, first_frame)
-    SELECT i.kind, i.ekey, NULL, i.data, p_frame
-    FROM _dc_items i
-    WHERE i.kind = 'observation';
-
-    -- apply: close the old versions (found by ctid above, in this transaction), write the new ones
-    UPDATE dreamcatcher.entity_versions SET valid_to = p_frame
-     WHERE ctid = ANY (ARRAY(SELECT c.old_ctid FROM _dc_changes c WHERE c.old_ctid IS NOT NULL));
-    INSERT INTO dreamcatcher.entity_versions (world, kind, ekey, data, first_frame, valid_from)
-    SELECT p_world, c.kind, c.ekey, c.new, c.first_frame, p_frame FROM _dc_changes c;
-
-    -- the state fingerprint, incrementally: previous sum - old versions + new versions
-    SELECT f.state_acc INTO v_prev_acc FROM dreamcatcher.frame_log f
-     WHERE f.world = p_world AND f.status = 'merged' AND f.frame < p_frame
-     ORDER BY f.frame DESC LIMIT 1;
-    SELECT coalesce(v_prev_acc, 0)
-           + coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.new)), 0)
-           - coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.old)) FILTER (WHERE c.old IS NOT NULL), 0)
-      INTO v_acc FROM _dc_changes c;
-    v_acc := mod(mod(v_acc, 18446744073709551616) + 18446744073709551616, 18446744073709551616);
-
+    -- 4. posts and agents: upsert, each field last-write-wins (the last occurrence in apply order)
+    upserted AS (
+        SELECT p.kind, p.ekey, v.data AS old, coalesce(v.data, '{}'::jsonb) || p.patch AS new,
+               coalesce(v.first_frame, p_frame) AS first_frame, v.ctid AS old_ctid
+        FROM (SELECT i.kind, i.ekey,
+                     dreamcatcher.jsonb_fold(i.data ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos) AS patch
+              FROM items i
+              WHERE i.kind IN ('post', 'agent') AND i.reason IS NULL
+              GROUP BY i.kind, i.ekey) p
+        LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
+                           WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
+                             AND c.valid_to IS NULL LIMIT 1) v ON true
+        WHERE v.data IS NULL OR v.data || p.patch <> v.data
+    ),
+    -- 5. comments, reactions, chapters: append, dedupe. Nothing is overwritten: the first
+    --    occurrence of each field wins, and a later occurrence may only add fields still missing
+    --    (a comment first seen as a bare id gets its author when the full comment arrives).
+    appended AS MATERIALIZED (
+        SELECT p.kind, p.ekey, v.data AS old, p.patch || coalesce(v.data, '{}'::jsonb) AS new,
+               coalesce(v.first_frame, p_frame) AS first_frame, v.ctid AS old_ctid
+        FROM (SELECT i.kind, i.ekey,
+                     dreamcatcher.jsonb_fold(i.data ORDER BY i.frame DESC, i.utc DESC, i.stream_id DESC,
+                                                             i.rank DESC, i.pos DESC) AS patch
+              FROM items i
+              WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
+              GROUP BY i.kind, i.ekey) p
+        LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
+                           WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
+                             AND c.valid_to IS NULL LIMIT 1) v ON true
+        WHERE v.data IS NULL OR p.patch || v.data <> v.data
+    ),
+    -- 6. books: chapter target last-write-wins (default 10); a book compiles in the frame its
+    --    count of chapters reaches the target, and stays compiled. One grouping pass.
+    books AS (
+        SELECT 'book'::text AS kind, b.book AS ekey, v.data AS old, n.data AS new,
+               coalesce(v.first_frame, p_frame) AS first_frame, v.ctid AS old_ctid
+        FROM (SELECT u.book, sum(u.new_chapter) AS new_chapters,
+                     (array_agg(u.target ORDER BY u.frame DESC, u.utc DESC, u.stream_id DESC, u.rank DESC, u.pos DESC)
+                          FILTER (WHERE u.target IS NOT NULL))[1] AS target
+              FROM (SELECT c.new ->> 'book' AS book, 1 AS new_chapter, NULL::bigint AS target,
+                           NULL::bigint AS frame, NULL::timestamptz AS utc, NULL::text COLLATE "C" AS stream_id,
+                           NULL::integer AS rank, NULL::bigint AS pos
+                    FROM appended c WHERE c.kind = 'chapter' AND c.old IS NULL
+                    UNION ALL
+                    SELECT i.data ->> 'book', 0, dreamcatcher.jint(i.data -> 'target'),
+                           i.frame, i.utc, i.stream_id, i.rank, i.pos
+                    FROM items i WHERE i.kind = 'chapter' AND i.reason IS NULL) u
+              GROUP BY u.book) b
+        LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
+                           WHERE c.world = p_world AND c.kind = 'book' AND c.ekey = b.book
+                             AND c.valid_to IS NULL LIMIT 1) v ON true
+        CROSS JOIN LATERAL (
+            SELECT coalesce(b.target, (v.data ->> 'target')::bigint, 10) AS target,
+                   coalesce((v.data ->> 'chapters')::bigint, 0) + b.new_chapters AS chapters
+        ) t
+        CROSS JOIN LATERAL (
+            SELECT jsonb_build_object(
+                       'book', b.book, 'target', t.target, 'chapters', t.chapters,
+                       'compiled_frame', coalesce((v.data ->> 'compiled_frame')::bigint,
+                                                  CASE WHEN t.chapters >= t.target THEN p_frame END)) AS data
+        ) n
+        WHERE v.data IS DISTINCT FROM n.data
+    ),
+    -- 7. every change of the frame; observations are all new (their keys are log positions)
+    changes AS MATERIALIZED (
+        SELECT * FROM upserted
+        UNION ALL SELECT * FROM appended
+        UNION ALL SELECT * FROM books
+        UNION ALL SELECT i.kind, i.ekey, NULL, i.data, p_frame, NULL FROM items i WHERE i.kind = 'observation'
+    ),
+    -- 8. apply: close the old versions (by the ctid the probes found), then write the new ones.
+    --    The insert waits for the update (its filter reads the update's count first), so the
+    --    unique index of current versions never sees two current versions of one entity.
+    closed AS (
+        UPDATE dreamcatcher.entity_versions SET valid_to = p_frame
+         WHERE ctid = ANY (ARRAY(SELECT c.old_ctid FROM changes c WHERE c.old_ctid IS NOT NULL))
+        RETURNING 1
+    ),
+    written AS (
+        INSERT INTO dreamcatcher.entity_versions (world, kind, ekey, data, first_frame, valid_from)
+        SELECT p_world, c.kind, c.ekey, c.new, c.first_frame, p_frame FROM changes c
+        WHERE (SELECT count(*) FROM closed) >= 0
+        RETURNING 1
+    )
+    -- 9. the stats, and the state fingerprint's change: + new versions - old versions
     SELECT jsonb_build_object(
                'deltas', v_deltas,
-               'items', (SELECT count(*) FROM _dc_items),
-               'quarantined', (SELECT count(*) FROM _dc_items WHERE reason IS NOT NULL),
-               'changes', (SELECT count(*) FROM _dc_changes),
-               'tallies', (SELECT count(*) FROM _dc_items WHERE kind = 'tally'),
-               'tally_count', (SELECT coalesce(sum(CASE WHEN jsonb_typeof(item) = 'number' THEN dreamcatcher.jint(item)
-                                                        ELSE dreamcatcher.jint(item -> 'count') END), 0)
-                               FROM _dc_items WHERE kind = 'tally'),
+               'items', (SELECT count(*) FROM items i WHERE i.kind <> 'unmerged'),
+               'quarantined', (SELECT count(*) FROM items i WHERE i.reason IS NOT NULL),
+               'changes', (SELECT count(*) FROM written),
+               'tallies', (SELECT count(*) FROM items i WHERE i.kind = 'tally'),
+               'tally_count', (SELECT coalesce(sum(CASE WHEN jsonb_typeof(i.item) = 'number' THEN dreamcatcher.jint(i.item)
+                                                        ELSE dreamcatcher.jint(i.item -> 'count') END), 0)
+                               FROM items i WHERE i.kind = 'tally'),
                'deferred', (SELECT count(*) FROM dreamcatcher.deferred_log x
                             WHERE x.world = p_world AND x.merged_in = p_frame),
                'unmerged_keys', coalesce((SELECT jsonb_object_agg(k.key, k.n)
-                                          FROM (SELECT kv.key, count(*) AS n
-                                                FROM _dc_deltas d CROSS JOIN LATERAL jsonb_object_keys(d.payload) AS kv(key)
-                                                WHERE dreamcatcher.rule_rank(kv.key) IS NULL
-                                                  AND NOT dreamcatcher.is_meta_key(kv.key)
-                                                GROUP BY kv.key) k), '{}'::jsonb))
-      INTO v_stats;
+                                          FROM (SELECT i.key, count(*) AS n FROM items i
+                                                WHERE i.kind = 'unmerged' GROUP BY i.key) k), '{}'::jsonb)),
+           (SELECT coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.new)), 0)
+                   - coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.old)) FILTER (WHERE c.old IS NOT NULL), 0)
+            FROM changes c)
+      INTO v_stats, v_acc;
+
+    -- the state fingerprint, incrementally: previous sum + this frame's change, mod 2^64
+    SELECT f.state_acc INTO v_prev_acc FROM dreamcatcher.frame_log f
+     WHERE f.world = p_world AND f.status = 'merged' AND f.frame < p_frame
+     ORDER BY f.frame DESC LIMIT 1;
+    v_acc := coalesce(v_prev_acc, 0) + v_acc;
+    v_acc := mod(mod(v_acc, 18446744073709551616) + 18446744073709551616, 18446744073709551616);
 
     UPDATE dreamcatcher.frame_log
        SET status = 'merged', merged_at = clock_timestamp(), delta_count = v_deltas,
