@@ -35,7 +35,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, tuple[str, ...]]] = {
     "merge_throughput": (bench_merge, ("merge_throughput", "merge_flatness")),
     "asof": (bench_asof, ("asof_posts", "asof_post_lookup")),
     "merger_rss": (bench_merger_rss, ("merger_rss",)),
-    "peer": (bench_peer, ("peer",)),
+    "peer": (bench_peer, ("peer", "peer_batch")),
 }
 
 #: Every row name a full run reports (whatever the size).

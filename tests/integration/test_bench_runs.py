@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,6 +27,7 @@ ROW_NAMES = (
     "asof_post_lookup",
     "merger_rss",
     "peer",
+    "peer_batch",
 )
 
 
@@ -33,10 +35,9 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.slow
-def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> None:
+def _run_tiny_bench(dsn: str, *args: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--dsn", dreamcatcher_server_dsn, "--size", "tiny", "--json-only"],
+        [sys.executable, "-m", "bench", "--dsn", dsn, "--size", "tiny", "--json-only", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -44,7 +45,13 @@ def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> N
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
+
+
+@pytest.mark.slow
+def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> None:
+    report = _run_tiny_bench(dreamcatcher_server_dsn)
 
     assert report["bench"] == "dreamcatcher"
     assert report["size"] == "tiny"
@@ -68,3 +75,21 @@ def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> N
     with psycopg.connect(dreamcatcher_server_dsn) as conn:
         row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (report["database"],)).fetchone()
     assert row is None
+
+
+@pytest.mark.slow
+def test_peer_rows_measure_eventsourcing_when_installed(dreamcatcher_server_dsn: str) -> None:
+    """With the optional ``peer`` extra installed, the peer rows are measured, not skipped."""
+    pytest.importorskip("eventsourcing")
+    report = _run_tiny_bench(dreamcatcher_server_dsn, "--only", "peer")
+
+    assert report["errors"] == []
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"peer", "peer_batch"}
+    for row in rows.values():
+        assert not row["skipped"], row
+        assert row["note"].startswith("ceiling: eventsourcing"), row
+        for key in ("ours", "ceiling", "ratio"):
+            assert _number(row[key]) and row[key] > 0, (key, row)
+        assert row["unit"] == "deltas/s", row
+        assert row["target"] == "info", row
