@@ -33,13 +33,18 @@ from .errors import (
     InvalidDeltaError,
     map_db_error,
 )
-from .models import Delta, Receipt, check_frame, prepare_delta, validate_identity
+from .models import PreparedDelta, Receipt, check_frame, prepare_delta, validate_identity
 from .queries import query
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
 MERGED_CHANNEL = "dreamcatcher_merged"
+#: The columns a batch COPYs into dreamcatcher.delta_log (the others take their defaults).
+COPY_COLUMNS = ("world", "frame", "stream_id", "utc", "payload")
+#: The keys of an item of insert_deltas.
+_ITEM_KEYS = frozenset({"frame", "payload", "utc"})
+
 
 class DeltaClient:
     """An async client for one stream of one world. Use :meth:`connect`."""
@@ -63,6 +68,8 @@ class DeltaClient:
         self._owns_pool = owns_pool
         self._max_payload_bytes = max_payload_bytes
         self._retries = retries
+        #: False once the server said this session may not COPY into the log (then: append_deltas)
+        self._copy_ok = True
         self._listener: asyncpg.Connection | None = None
         self._listener_lock = asyncio.Lock()
         self._merged_event = asyncio.Event()
@@ -137,8 +144,7 @@ class DeltaClient:
 
     # -- writing --
 
-    def _receipt(self, delta: Delta, status: str) -> Receipt:
-        assert delta.utc is not None
+    def _receipt(self, delta: PreparedDelta, status: str) -> Receipt:
         key = (self.world, delta.frame, self.stream_id, delta.utc)
         if status in ("stored", "duplicate", "deferred"):
             return Receipt(self.world, delta.frame, self.stream_id, delta.utc, cast(Any, status))
@@ -179,12 +185,13 @@ class DeltaClient:
         item raises its error; the items stored before and after it stay stored,
         and are listed in the error's ``receipts`` attribute.
         """
-        prepared: list[tuple[Delta, str]] = []
+        prepared: list[tuple[PreparedDelta, str]] = []
+        stream_id, limit = self.stream_id, self._max_payload_bytes
         for index, item in enumerate(deltas):
-            if not isinstance(item, Mapping):
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
-            extra = set(item) - {"frame", "payload", "utc"}
-            if extra:
+            if not _ITEM_KEYS.issuperset(item):
+                extra = set(item) - _ITEM_KEYS
                 raise InvalidDeltaError(
                     f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
                 )
@@ -193,20 +200,25 @@ class DeltaClient:
                     item.get("frame"),
                     item.get("payload"),
                     item.get("utc"),
-                    stream_id=self.stream_id,
-                    max_payload_bytes=self._max_payload_bytes,
+                    stream_id=stream_id,
+                    max_payload_bytes=limit,
                 )
             )
         if not prepared:
             return []
-        statuses = await self._call(
-            query("append_deltas"),
-            self.world,
-            self.stream_id,
-            [d.frame for d, _ in prepared],
-            [d.utc for d, _ in prepared],
-            [t for _, t in prepared],
-        )
+        statuses = await self._copy_batch(prepared) if self._copy_ok else None
+        if statuses is None:
+            statuses = await self._call(
+                query("append_deltas"),
+                self.world,
+                self.stream_id,
+                [d.frame for d, _ in prepared],
+                [d.utc for d, _ in prepared],
+                [t for _, t in prepared],
+            )
+        if len(statuses) == len(prepared) and all(s == "stored" for s in statuses):  # the common case
+            world = self.world
+            return [Receipt(world, d.frame, stream_id, d.utc, "stored") for d, _ in prepared]
         receipts: list[Receipt] = []
         first_error: DreamcatcherError | None = None
         for (delta, _), status in zip(prepared, statuses, strict=True):
@@ -218,6 +230,49 @@ class DeltaClient:
             first_error.receipts = receipts  # type: ignore[attr-defined]
             raise first_error
         return receipts
+
+    async def _copy_batch(self, prepared: list[tuple[PreparedDelta, str]]) -> list[str] | None:
+        """Append a batch with COPY straight into the log; None when it must take append_deltas.
+
+        One transaction: ``copy_begin`` takes the fence of every frame of the batch and checks
+        they are open, then COPY writes the rows (several times cheaper for the server than an
+        INSERT ... SELECT of the same rows). Anything but the plain case (a frame not open, a
+        key already stored or repeated in the batch, a session that may not INSERT into the
+        log, a lost connection) returns None or the statuses of append_deltas, whose answers
+        are the reference: the COPY path only ever answers "stored" for every row.
+        """
+        frames = [d.frame for d, _ in prepared]
+        utcs = [d.utc for d, _ in prepared]
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+                mode = await conn.fetchval(query("copy_begin"), self.world, self.stream_id, frames, utcs)
+                if mode == "copy":
+                    world, stream = self.world, self.stream_id
+                    await conn.copy_records_to_table(
+                        "delta_log",
+                        schema_name="dreamcatcher",
+                        columns=COPY_COLUMNS,
+                        records=[(world, d.frame, stream, d.utc, text) for d, text in prepared],
+                    )
+                    return ["stored"] * len(prepared)
+                if mode == "exact":  # a frame is closed or late: the fence is held, ask the reference
+                    texts = [t for _, t in prepared]
+                    statuses = await conn.fetchval(
+                        query("append_deltas"), self.world, self.stream_id, frames, utcs, texts
+                    )
+                    return cast(list[str], statuses)
+                self._copy_ok = False  # 'denied': this role appends through append_deltas only
+                return None
+        except asyncpg.UniqueViolationError:
+            return None  # a retry, or a key repeated in the batch: append_deltas sorts it out
+        except asyncpg.InsufficientPrivilegeError:
+            self._copy_ok = False  # (a worker of `init --roles` may not even call copy_begin)
+            return None
+        except DRIVER_ERRORS as exc:
+            err = map_db_error(exc)
+            if isinstance(err, ConnectionLostError):
+                return None  # append_deltas retries; a batch that did commit reads "duplicate"
+            raise err from exc
 
     # -- frames --
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
@@ -36,18 +36,29 @@ class Delta(BaseModel):
     @field_validator("utc")
     @classmethod
     def _utc_aware(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:  # a naive time is taken as UTC
-            value = value.replace(tzinfo=UTC)
-        try:
-            value = value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("the time is outside the calendar once converted to UTC") from None
-        if value.replace(tzinfo=None) in (datetime.min, datetime.max):
-            # asyncpg sends these as -infinity / infinity: not a time a delta was written at
-            raise ValueError("datetime.min and datetime.max are not times a delta can be written at")
-        return value
+        return None if value is None else _to_utc(value)
+
+
+def _to_utc(value: datetime) -> datetime:
+    """``value`` in UTC (a naive time is taken as UTC); ValueError for a time no delta has."""
+    if value.tzinfo is None:  # a naive time is taken as UTC
+        value = value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside the calendar once converted to UTC") from None
+    if value.replace(tzinfo=None) in (datetime.min, datetime.max):
+        # asyncpg sends these as -infinity / infinity: not a time a delta was written at
+        raise ValueError("datetime.min and datetime.max are not times a delta can be written at")
+    return value
+
+
+class PreparedDelta(NamedTuple):
+    """A validated delta, ready to send: its frame, its utc (filled in) and its payload."""
+
+    frame: int
+    utc: datetime
+    payload: dict[str, Any]
 
 
 class Identity(BaseModel):
@@ -129,6 +140,102 @@ def validate_identity(world: Any, stream_id: Any) -> Identity:
         raise _first_error(exc) from None
 
 
+#: Values the fast path takes as they are (exact types: a subclass takes the checked path).
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _plain_json(value: dict[Any, Any] | list[Any], depth: int) -> bool:
+    """True when ``value`` (at ``depth``) holds only exact dicts with str keys, lists, str, int,
+    bool, None and finite floats, nested at most MAX_DEPTH deep. False means "not sure": the
+    caller then runs the detailed check (:func:`_check_json`), which decides and names the field.
+    NUL characters are not looked for here: the caller finds them in the JSON text."""
+    if depth >= MAX_DEPTH and (depth > MAX_DEPTH or value):
+        return False  # (the children of a non-empty container at MAX_DEPTH would be too deep)
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind in _PLAIN_SCALARS:
+                continue
+            if kind is float:
+                if item - item != 0.0:  # NaN or an infinity
+                    return False
+            elif kind is dict or kind is list:
+                if not _plain_json(item, depth + 1):
+                    return False
+            else:
+                return False
+        return True
+    for item in value:  # (the same loop for a list, spelt out: this is the hot path)
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        if kind is float:
+            if item - item != 0.0:
+                return False
+        elif kind is dict or kind is list:
+            if not _plain_json(item, depth + 1):
+                return False
+        else:
+            return False
+    return True
+
+
+def _check_payload_fields(payload: dict[str, Any], frame: int, stream_id: str) -> None:
+    doc_frame = payload.get("frame")
+    if doc_frame is not None and doc_frame != frame:
+        raise InvalidDeltaError(
+            f"payload.frame is {doc_frame!r} but the delta is for frame {frame}",
+            field="payload.frame",
+        )
+    doc_stream = payload.get("stream_id")
+    if doc_stream is not None and doc_stream != stream_id:
+        raise InvalidDeltaError(
+            f"payload.stream_id is {doc_stream!r} but this client writes as {stream_id!r}",
+            field="payload.stream_id",
+        )
+
+
+def _check_size(raw: bytes, max_payload_bytes: int) -> None:
+    if len(raw) > max_payload_bytes:
+        raise InvalidDeltaError(
+            f"payload is {len(raw)} bytes of JSON, over the limit of {max_payload_bytes}",
+            field="payload",
+        )
+
+
+def _prepare_plain(
+    frame: Any, payload: Any, utc: Any, stream_id: str, max_payload_bytes: int
+) -> tuple[PreparedDelta, str] | None:
+    """The fast path of :func:`prepare_delta` for the common case (an int frame, a dict of plain
+    JSON values, no utc or a datetime): one walk without paths, one serialisation. None when it
+    is not sure the input is valid; the checked path then decides, so both accept exactly the
+    same deltas, with the same result."""
+    if type(frame) is not int or not 0 <= frame <= MAX_FRAME or type(payload) is not dict:
+        return None
+    if utc is None:
+        utc = now_utc()
+    elif type(utc) is not datetime:
+        return None
+    elif not (utc.tzinfo is UTC and 1 < utc.year < 9999):  # (else it is in UTC, not min nor max)
+        try:
+            utc = _to_utc(utc)
+        except ValueError:
+            return None
+    if not _plain_json(payload, 1):
+        return None
+    try:
+        raw = orjson.dumps(payload)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    if b"\\u0000" in raw:  # a NUL in a string or a key (orjson writes it as \u0000)
+        return None
+    _check_payload_fields(payload, frame, stream_id)
+    _check_size(raw, max_payload_bytes)
+    return PreparedDelta(frame, utc, dict(payload)), raw.decode()
+
+
 def prepare_delta(
     frame: Any,
     payload: Any,
@@ -136,35 +243,27 @@ def prepare_delta(
     *,
     stream_id: str,
     max_payload_bytes: int,
-) -> tuple[Delta, str]:
+) -> tuple[PreparedDelta, str]:
     """Validate one delta; return it (utc filled in) with its payload as JSON text."""
+    fast = _prepare_plain(frame, payload, utc, stream_id, max_payload_bytes)
+    if fast is not None:
+        return fast
+    return _prepare_checked(frame, payload, utc, stream_id, max_payload_bytes)
+
+
+def _prepare_checked(
+    frame: Any, payload: Any, utc: Any, stream_id: str, max_payload_bytes: int
+) -> tuple[PreparedDelta, str]:
+    """The reference validation (pydantic, then a walk that names the field in error)."""
     try:
         delta = Delta(frame=frame, payload=payload, utc=utc)
     except ValidationError as exc:
         raise _first_error(exc) from None
     _check_json(delta.payload, "payload", 1)
-    doc_frame = delta.payload.get("frame")
-    if doc_frame is not None and doc_frame != delta.frame:
-        raise InvalidDeltaError(
-            f"payload.frame is {doc_frame!r} but the delta is for frame {delta.frame}",
-            field="payload.frame",
-        )
-    doc_stream = delta.payload.get("stream_id")
-    if doc_stream is not None and doc_stream != stream_id:
-        raise InvalidDeltaError(
-            f"payload.stream_id is {doc_stream!r} but this client writes as {stream_id!r}",
-            field="payload.stream_id",
-        )
+    _check_payload_fields(delta.payload, delta.frame, stream_id)
     try:
         raw = orjson.dumps(delta.payload)
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise InvalidDeltaError(f"payload is not serializable as JSON: {exc}", field="payload") from None
-    if len(raw) > max_payload_bytes:
-        raise InvalidDeltaError(
-            f"payload is {len(raw)} bytes of JSON, over the limit of {max_payload_bytes}",
-            field="payload",
-        )
-    text = raw.decode()
-    if delta.utc is None:
-        delta = delta.model_copy(update={"utc": now_utc()})
-    return delta, text
+    _check_size(raw, max_payload_bytes)
+    return PreparedDelta(delta.frame, delta.utc or now_utc(), delta.payload), raw.decode()

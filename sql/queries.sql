@@ -6,6 +6,10 @@ SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::text::jsonb);
 -- name: append_deltas
 SELECT dreamcatcher.append_deltas($1, $2, $3::bigint[], $4::timestamptz[], $5::text[]::jsonb[]);
 
+-- name: copy_begin
+-- In the transaction of a COPY into delta_log: the fence of the batch (see schema.sql).
+SELECT dreamcatcher.copy_begin($1, $2, $3::bigint[], $4::timestamptz[]);
+
 -- name: close_frame
 SELECT dreamcatcher.close_frame($1, $2, $3);
 

@@ -172,6 +172,9 @@ ALTER FUNCTION dreamcatcher.close_frame(text, bigint, text)
 REVOKE EXECUTE ON FUNCTION dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.append_deltas(text, text, bigint[], timestamptz[], jsonb[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) FROM PUBLIC;
+-- (the COPY path is for sessions that may INSERT into delta_log themselves; a worker appends
+-- through append_deltas, and may not take the frame locks this function takes)
+REVOKE EXECUTE ON FUNCTION dreamcatcher.copy_begin(text, text, bigint[], timestamptz[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_stream_limit(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_owns_stream(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_writes_world(text) FROM PUBLIC;

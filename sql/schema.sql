@@ -377,6 +377,54 @@ BEGIN
     RETURN coalesce(v_result, '{}');
 END $$;
 
+-- The fence of a batch that is appended with COPY straight into delta_log (what
+-- DeltaClient.insert_deltas does when the session may INSERT into delta_log: COPY writes a
+-- batch several times faster than an INSERT ... SELECT). Called first in the transaction that
+-- then COPYs the batch, it takes the shared lock of every frame of the batch (so a close waits
+-- for that COMMIT), makes sure each frame is open, and notifies for an expected stream as
+-- append_deltas does. Returns 'copy' (go ahead: every row COPYed is stored), 'exact' (a frame
+-- is not open: call append_deltas instead, in the same transaction) or 'denied' (the session
+-- may not INSERT into delta_log, e.g. a worker of `init --roles`: call append_deltas). A key
+-- that is already stored or repeats in the batch makes the COPY fail (unique_violation): the
+-- client rolls back and calls append_deltas, which sorts duplicates and conflicts out.
+CREATE OR REPLACE FUNCTION dreamcatcher.copy_begin(
+    p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[])
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_frame    bigint;
+    v_state    text;
+    v_expected text[];
+BEGIN
+    IF NOT pg_catalog.has_table_privilege('dreamcatcher.delta_log', 'INSERT') THEN
+        RETURN 'denied';
+    END IF;
+    IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs) THEN
+        RAISE EXCEPTION 'copy_begin: frames and utcs differ in length' USING ERRCODE = '22023';
+    END IF;
+    FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, v_frame));
+        -- read after the lock: a statement of its own, so its snapshot sees a close that committed first
+        SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl
+         WHERE fl.world = p_world AND fl.frame = v_frame;
+        IF NOT FOUND THEN
+            v_state := dreamcatcher.ensure_frame(p_world, v_frame);
+        END IF;
+        IF v_state <> 'open' THEN
+            RETURN 'exact';
+        END IF;
+    END LOOP;
+    SELECT w.expected_streams INTO v_expected FROM dreamcatcher.worlds w WHERE w.world = p_world;
+    IF p_stream = ANY (v_expected) THEN
+        FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f LOOP
+            PERFORM dreamcatcher.note_expected_stream(
+                p_world, p_stream, v_frame,
+                ARRAY(SELECT u FROM unnest(p_frames, p_utcs) AS x(f, u) WHERE x.f = v_frame));
+        END LOOP;
+    END IF;
+    RETURN 'copy';
+END $$;
+
 -- Single-delta fast path (same semantics as append_deltas with one element).
 CREATE OR REPLACE FUNCTION dreamcatcher.append_delta(
     p_world text, p_stream text, p_frame bigint, p_utc timestamptz, p_payload jsonb)
@@ -386,22 +434,36 @@ DECLARE
     v_state    text;
     v_policy   text;
     v_existing jsonb;
-    v_expected text[];
+    v_expected boolean;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, p_frame));
-    SELECT fl.status, w.expected_streams INTO v_state, v_expected
-      FROM dreamcatcher.frame_log fl JOIN dreamcatcher.worlds w ON w.world = fl.world
-     WHERE fl.world = p_world AND fl.frame = p_frame;
+    -- The common case in one statement: the frame is open and the key is new. The statement's
+    -- snapshot is taken after the lock, so a close that committed before it is seen here.
+    -- Whether the stream is expected is read only when a delta was stored.
+    INSERT INTO dreamcatcher.delta_log AS d (world, frame, stream_id, utc, payload)
+    SELECT p_world, p_frame, p_stream, p_utc, p_payload
+      FROM dreamcatcher.frame_log fl
+     WHERE fl.world = p_world AND fl.frame = p_frame AND fl.status = 'open'
+    ON CONFLICT DO NOTHING
+    RETURNING (SELECT d.stream_id = ANY (w.expected_streams) FROM dreamcatcher.worlds w WHERE w.world = d.world)
+    INTO v_expected;
+    IF FOUND THEN
+        IF v_expected THEN
+            PERFORM dreamcatcher.note_expected_stream(p_world, p_stream, p_frame, ARRAY[p_utc]);
+        END IF;
+        RETURN 'stored';
+    END IF;
+
+    SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl WHERE fl.world = p_world AND fl.frame = p_frame;
     IF NOT FOUND THEN
         v_state := dreamcatcher.ensure_frame(p_world, p_frame);
-        SELECT w.expected_streams INTO v_expected FROM dreamcatcher.worlds w WHERE w.world = p_world;
+    END IF;
+    SELECT d.payload INTO v_existing FROM dreamcatcher.delta_log d
+     WHERE d.world = p_world AND d.frame = p_frame AND d.stream_id = p_stream AND d.utc = p_utc;
+    IF FOUND THEN  -- a retry (or another delta under the same key), whatever the frame's state
+        RETURN CASE WHEN v_existing = p_payload THEN 'duplicate' ELSE 'conflict' END;
     END IF;
     IF v_state <> 'open' THEN
-        SELECT d.payload INTO v_existing FROM dreamcatcher.delta_log d
-         WHERE d.world = p_world AND d.frame = p_frame AND d.stream_id = p_stream AND d.utc = p_utc;
-        IF FOUND THEN
-            RETURN CASE WHEN v_existing = p_payload THEN 'duplicate' ELSE 'conflict' END;
-        END IF;
         SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
         INSERT INTO dreamcatcher.late_log (world, frame, stream_id, utc, policy, payload)
         VALUES (p_world, p_frame, p_stream, p_utc, v_policy, p_payload);
@@ -409,18 +471,21 @@ BEGIN
             RETURN 'late';
         END IF;
     END IF;
-    INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload, late)
+    INSERT INTO dreamcatcher.delta_log AS d (world, frame, stream_id, utc, payload, late)
     VALUES (p_world, p_frame, p_stream, p_utc, p_payload, v_state <> 'open')
-    ON CONFLICT DO NOTHING;
+    ON CONFLICT DO NOTHING
+    RETURNING (SELECT d.stream_id = ANY (w.expected_streams) FROM dreamcatcher.worlds w WHERE w.world = d.world)
+    INTO v_expected;
     IF FOUND THEN
         IF v_state <> 'open' THEN
             RETURN 'deferred';
         END IF;
-        IF p_stream = ANY (v_expected) THEN
+        IF v_expected THEN
             PERFORM dreamcatcher.note_expected_stream(p_world, p_stream, p_frame, ARRAY[p_utc]);
         END IF;
         RETURN 'stored';
     END IF;
+    -- lost a race with a concurrent insert of the same key
     SELECT d.payload INTO v_existing FROM dreamcatcher.delta_log d
      WHERE d.world = p_world AND d.frame = p_frame AND d.stream_id = p_stream AND d.utc = p_utc;
     RETURN CASE WHEN v_existing = p_payload THEN 'duplicate' ELSE 'conflict' END;
