@@ -320,7 +320,7 @@ BEGIN
     WITH
     -- 1. every delta exploded into the items of its rule keys, in apply order's terms; a key no
     --    rule reads leaves one row with rank NULL (counted in the stats, nothing more)
-    e AS (
+    e AS MATERIALIZED (
         SELECT d.frame, d.utc, d.stream_id COLLATE "C" AS stream_id, k.rank, x.pos, k.key, x.item
         FROM dreamcatcher.frame_deltas(p_world, p_frame) d
         CROSS JOIN LATERAL (
@@ -331,21 +331,36 @@ BEGIN
             OFFSET 0) k
         CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(k.v)) WITH ORDINALITY AS x(item, pos)
     ),
-    -- 2. each item through its key's reader; the item itself is kept only where something reads
-    --    it later (quarantine, tallies)
+    -- 2. each item through its key's reader, one arm per key (no per-item dispatch); the item
+    --    itself is kept only where something reads it later (quarantine, tallies)
     items AS MATERIALIZED (
         SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
                CASE WHEN r.reason IS NOT NULL OR r.kind = 'tally' THEN e.item END AS item,
                r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL (
-            SELECT * FROM dreamcatcher.read_post(e.item) WHERE e.rank IN (1, 2)
-            UNION ALL SELECT * FROM dreamcatcher.read_agent(e.item) WHERE e.rank = 3
-            UNION ALL SELECT * FROM dreamcatcher.read_comment(e.item) WHERE e.rank = 4
-            UNION ALL SELECT * FROM dreamcatcher.read_reaction(e.item) WHERE e.rank = 5
-            UNION ALL SELECT * FROM dreamcatcher.read_chapter(e.item) WHERE e.rank = 6
-            UNION ALL SELECT * FROM dreamcatcher.read_observation(e.item, e.frame, e.stream_id, e.utc, e.pos)
-                      WHERE e.rank = 7
-            UNION ALL SELECT 'unmerged', e.key, NULL, NULL WHERE e.rank IS NULL) r
+        FROM e CROSS JOIN LATERAL dreamcatcher.read_post(e.item) r WHERE e.rank IN (1, 2)
+        UNION ALL
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
+               CASE WHEN r.reason IS NOT NULL THEN e.item END, r.kind, r.ekey, r.data, r.reason
+        FROM e CROSS JOIN LATERAL dreamcatcher.read_agent(e.item) r WHERE e.rank = 3
+        UNION ALL
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
+               CASE WHEN r.reason IS NOT NULL THEN e.item END, r.kind, r.ekey, r.data, r.reason
+        FROM e CROSS JOIN LATERAL dreamcatcher.read_comment(e.item) r WHERE e.rank = 4
+        UNION ALL
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
+               CASE WHEN r.reason IS NOT NULL OR r.kind = 'tally' THEN e.item END, r.kind, r.ekey, r.data, r.reason
+        FROM e CROSS JOIN LATERAL dreamcatcher.read_reaction(e.item) r WHERE e.rank = 5
+        UNION ALL
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
+               CASE WHEN r.reason IS NOT NULL THEN e.item END, r.kind, r.ekey, r.data, r.reason
+        FROM e CROSS JOIN LATERAL dreamcatcher.read_chapter(e.item) r WHERE e.rank = 6
+        UNION ALL
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key, NULL, r.kind, r.ekey, r.data, r.reason
+        FROM e CROSS JOIN LATERAL dreamcatcher.read_observation(e.item, e.frame, e.stream_id, e.utc, e.pos) r
+        WHERE e.rank = 7
+        UNION ALL
+        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key, NULL, 'unmerged', e.key, NULL, NULL
+        FROM e WHERE e.rank IS NULL
     ),
     -- 3. unreadable items: quarantined with their reason, never dropped
     quarantined AS (
