@@ -168,6 +168,7 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
             dsn,
             args.worlds or [settings.world],
             poll_interval=args.poll_interval if args.poll_interval is not None else settings.poll_interval,
+            leader_timeout=settings.leader_timeout if args.leader_timeout is None else args.leader_timeout,
             stop=stop,
             metrics_port=args.metrics_port,
         )
@@ -208,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Global options go before the command: dreamcatcher --log-format json merger. "
         "Environment: DREAMCATCHER_DSN (the server; else an embedded one is started), "
         "DREAMCATCHER_DATA_DIR, DREAMCATCHER_LOG_FORMAT (text|json), DREAMCATCHER_WORLD "
-        "(default world of merger and ingest), DREAMCATCHER_POLL_INTERVAL (merger, seconds). "
+        "(default world of merger and ingest), DREAMCATCHER_POLL_INTERVAL and "
+        "DREAMCATCHER_LEADER_TIMEOUT (merger, seconds). "
         "Run 'dreamcatcher COMMAND --help' for a command's options; docs/operations.md has more.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -282,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between polls when no notification arrives "
         "(default: $DREAMCATCHER_POLL_INTERVAL or 1.0)",
+    )
+    p.add_argument(
+        "--leader-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a standby ends the session of a leader that has sent no heartbeat for this long "
+        "(a hung process), then leads; 0: never (default: $DREAMCATCHER_LEADER_TIMEOUT or 30)",
     )
     p.add_argument(
         "--metrics-port",

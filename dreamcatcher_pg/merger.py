@@ -11,6 +11,13 @@ deadline passed), then merge closed frames in ascending order, each in ONE
 transaction (``dreamcatcher.merge_frame``), until the lowest unmerged frame is
 open. Progress (the frame's status, hash and stats) is written in the same
 transaction as the projection.
+
+A leader sends a heartbeat from its listener connection every few tenths of
+``leader_timeout``, merging or not. A process that hangs without dying (stopped,
+frozen) keeps its session and so the lock; a standby that sees the lock holder
+silent for longer than ``leader_timeout`` ends that session with
+``pg_terminate_backend`` (which rolls back whatever it had begun) and takes the
+lock. The hung process finds its session gone when it wakes, and stands by.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from .queries import query
 log = logging.getLogger(__name__)
 
 WORK_CHANNEL = "dreamcatcher_work"
+#: Seconds a leader may stay silent (no heartbeat) before a standby ends its session.
+DEFAULT_LEADER_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +80,17 @@ class Merger:
         world: str = "default",
         *,
         poll_interval: float = 1.0,
+        leader_timeout: float | None = DEFAULT_LEADER_TIMEOUT,
         name: str | None = None,
         on_merged: Callable[[MergeResult], None] | None = None,
     ) -> None:
+        if leader_timeout is not None and leader_timeout <= 0:
+            leader_timeout = None
         self.dsn = dsn
         self.world = world
         self.poll_interval = poll_interval
+        #: seconds without a heartbeat after which a standby ends the leader's session (None: never)
+        self.leader_timeout = leader_timeout
         self.holder = f"{socket.gethostname()}:{os.getpid()}" + (f":{name}" if name else "")
         self.on_merged = on_merged
         self.stats = MergerStats()
@@ -84,6 +98,9 @@ class Merger:
         self._listener: asyncpg.Connection | None = None
         self._wakeup = asyncio.Event()
         self._started_at = datetime.now(UTC)
+        self._beats: asyncio.Task[None] | None = None
+        #: a lock holder seen silent once: (its pid, when); ended when still silent later
+        self._suspect: tuple[int, float] | None = None
 
     # -- connections --
 
@@ -123,7 +140,83 @@ class Merger:
 
     async def _heartbeat(self) -> None:
         assert self._conn is not None
-        await self._conn.execute(query("heartbeat"), self.world, self.holder, self._started_at)
+        await self._conn.execute(
+            query("heartbeat"), self.world, self.holder, self._started_at, self._conn.get_server_pid()
+        )
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between the heartbeats a leader sends while it leads."""
+        if self.leader_timeout is None:
+            return self.poll_interval
+        return max(0.05, min(self.poll_interval, self.leader_timeout / 5))
+
+    async def _beat_while_leading(self) -> None:
+        """Heartbeats from the listener connection, so a long merge on the session is no silence."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            conn, listener = self._conn, self._listener
+            if not self.stats.is_leader or conn is None or conn.is_closed():
+                continue
+            if listener is None or listener.is_closed():
+                continue
+            try:
+                await listener.execute(
+                    query("heartbeat"), self.world, self.holder, self._started_at, conn.get_server_pid()
+                )
+            except DRIVER_ERRORS as exc:  # the run loop sees a broken connection itself
+                log.debug("heartbeat of world %r not sent: %s", self.world, exc)
+
+    def _start_beats(self) -> None:
+        if self._beats is None or self._beats.done():
+            self._beats = asyncio.create_task(self._beat_while_leading())
+
+    async def _stop_beats(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beats
+            self._beats = None
+
+    async def end_silent_leader(self) -> int | None:
+        """As a standby: end the session of a leader silent for longer than ``leader_timeout``.
+
+        Returns the pid of the session ended, or None (no leader, a live one, or no right
+        to end it: the merger's login needs the leader's role or ``pg_signal_backend``).
+        """
+        if self.leader_timeout is None:
+            return None
+        await self._connect()
+        assert self._conn is not None
+        row = await self._conn.fetchrow(query("silent_leader"), self.world, self.leader_timeout)
+        if row is None:
+            self._suspect = None
+            return None
+        pid = int(row["pid"])
+        # Act only on a silence seen twice, a heartbeat interval apart: a leader that has just
+        # taken the lock has no heartbeat of its own for the few milliseconds before its first.
+        now = time.monotonic()
+        if self._suspect is None or self._suspect[0] != pid:
+            self._suspect = (pid, now)
+            return None
+        if now - self._suspect[1] < self.heartbeat_interval:
+            return None
+        self._suspect = None
+        log.warning(
+            "leader %s of world %r (backend %s) has sent no heartbeat for %.1fs (leader_timeout %.1fs): "
+            "ending its session",
+            row["holder"] or "?", self.world, pid, row["silent_for"], self.leader_timeout,
+        )  # fmt: skip
+        try:
+            ended = await self._conn.fetchval(query("terminate_backend"), pid, 10_000)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            log.error(
+                "cannot end the session of the silent leader of world %r (%s): the merger's login "
+                "needs the leader's role or pg_signal_backend",
+                self.world, exc,
+            )  # fmt: skip
+            return None
+        return pid if ended else None
 
     # -- work --
 
@@ -217,8 +310,12 @@ class Merger:
         while not stop.is_set():
             try:
                 if not await self.try_lead():
+                    await self._stop_beats()
+                    if await self.end_silent_leader() is not None:
+                        continue  # its lock is free: take it now
                     await self._sleep(stop, self.poll_interval)  # standby
                     continue
+                self._start_beats()
                 self._wakeup.clear()
                 await self.tick()
                 backoff = 0.1
@@ -236,6 +333,7 @@ class Merger:
                 else:  # not the database's: log the traceback, and carry on all the same
                     self.stats.errors += 1
                     log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff)
+                await self._stop_beats()
                 await self._disconnect()
                 await self._sleep(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -259,6 +357,7 @@ class Merger:
 
     async def aclose(self) -> None:
         """Release the leader lock (by closing the session) and the listener."""
+        await self._stop_beats()
         await self._disconnect()
 
     def get_stats(self) -> dict[str, Any]:
@@ -283,12 +382,13 @@ async def run_mergers(
     worlds: list[str],
     *,
     poll_interval: float = 1.0,
+    leader_timeout: float | None = DEFAULT_LEADER_TIMEOUT,
     stop: asyncio.Event | None = None,
     metrics_port: int | None = None,
 ) -> None:
     """Run one merger per world until ``stop`` is set (optionally serving metrics)."""
     stop = stop or asyncio.Event()
-    mergers = [Merger(dsn, w, poll_interval=poll_interval) for w in worlds]
+    mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
     if metrics_port is not None:
         from .metrics import start_metrics_server
 

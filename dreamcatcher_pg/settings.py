@@ -17,6 +17,8 @@ class Settings:
     world: str = "default"
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     poll_interval: float = 1.0
+    #: seconds a leader may send no heartbeat before a standby ends its session (0: never)
+    leader_timeout: float = 30.0
     data_dir: str | None = None
     log_format: str = "text"
 
@@ -28,6 +30,7 @@ class Settings:
             world=env.get("DREAMCATCHER_WORLD", "default"),
             max_payload_bytes=int(env.get("DREAMCATCHER_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
             poll_interval=float(env.get("DREAMCATCHER_POLL_INTERVAL", "1.0")),
+            leader_timeout=float(env.get("DREAMCATCHER_LEADER_TIMEOUT", "30")),
             data_dir=env.get("DREAMCATCHER_DATA_DIR") or None,
             log_format=env.get("DREAMCATCHER_LOG_FORMAT", "text"),
         )

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -193,3 +198,132 @@ async def test_a_standby_takes_over_when_the_leaders_connection_dies(dreamcatche
             assert {pid for frame, _, pid in audit if frame >= 4} == {new_pid}
         merged = [m.get_stats()["frames_merged"] for m in mergers]
         assert sum(merged) == 6
+
+
+@contextlib.asynccontextmanager
+async def merger_subprocess(dsn: str, *, leader_timeout: float) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m dreamcatcher_pg merger`` for WORLD, as users run it; ended (and resumed, if
+    stopped) on exit, its log attached to a failure."""
+    with tempfile.TemporaryFile() as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dreamcatcher_pg", "--dsn", dsn, "-v", "merger", "--world", WORLD,
+            "--poll-interval", str(POLL), "--leader-timeout", str(leader_timeout),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            yield proc
+        except BaseException as exc:
+            log.seek(0)
+            exc.add_note(f"merger {proc.pid} log:\n{log.read()[-3000:].decode(errors='replace')}")
+            raise
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), TIMEOUT)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def test_a_standby_ends_the_session_of_a_hung_leader_and_takes_over(dreamcatcher_dsn: str) -> None:
+    """A leader that hangs without dying (SIGSTOP) keeps its session, so its lock: the standby
+    sees its heartbeat stop, ends that session (rolling back whatever it had begun) and leads.
+    The hung process, resumed, finds its session gone and stands by: one writer throughout."""
+    leader_timeout = 1.0
+    async with connection(dreamcatcher_dsn) as conn:
+        await install_merge_audit(conn)
+        async with DeltaClient.connect(dreamcatcher_dsn, stream_id="w", world=WORLD) as dc:
+            await dc.configure_world()
+            async with merger_subprocess(dreamcatcher_dsn, leader_timeout=leader_timeout) as first:
+
+                async def leads() -> bool:
+                    return len(await leader_lock_pids(conn)) == 1
+
+                await wait_until(leads, timeout=TIMEOUT, what="the first merger to lead")
+                [old_pid] = await leader_lock_pids(conn)
+                async with merger_subprocess(dreamcatcher_dsn, leader_timeout=leader_timeout) as second:
+                    written = await write_frames(dc, range(1, 3))
+                    await dc.wait_merged(2, timeout=TIMEOUT)
+                    assert await leader_lock_pids(conn) == [old_pid]  # a live leader is left alone
+
+                    loop = asyncio.get_running_loop()
+                    os.kill(first.pid, signal.SIGSTOP)
+                    stopped_at = loop.time()
+                    more = await write_frames(dc, range(3, 5))
+                    await dc.wait_merged(4, timeout=TIMEOUT)
+                    took = loop.time() - stopped_at
+                    print(f"\nhung leader replaced: frames 3-4 merged {took:.2f}s after SIGSTOP")
+                    [new_pid] = await leader_lock_pids(conn)
+                    assert new_pid != old_pid
+                    assert not await conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", old_pid
+                    )  # its session was ended, not merely outrun
+                    assert (
+                        await conn.fetchval("SELECT holder FROM dreamcatcher.mergers WHERE world = $1", WORLD)
+                        == f"{socket.gethostname()}:{second.pid}"
+                    )
+
+                    os.kill(first.pid, signal.SIGCONT)  # it wakes up without a session
+                    latest = await write_frames(dc, range(5, 7))
+                    await dc.wait_merged(6, timeout=TIMEOUT)
+                    await asyncio.sleep(5 * POLL)  # time to try (and fail) to lead again
+                    assert first.returncode is None and second.returncode is None  # both still run
+                    assert await leader_lock_pids(conn) == [new_pid]
+
+                    audit = await assert_merged_once(conn, {**written, **more, **latest})
+                    assert {pid for frame, _, pid in audit if frame <= 2} == {old_pid}
+                    assert {pid for frame, _, pid in audit if frame >= 3} == {new_pid}
+
+
+async def test_no_standby_ends_a_leader_busy_in_a_long_merge(dreamcatcher_dsn: str) -> None:
+    """The leader's heartbeat comes from its other connection, so a merge that takes many
+    leader_timeouts (here: blocked on a lock the test holds) is not mistaken for a hang."""
+    leader_timeout = 0.5
+    async with connection(dreamcatcher_dsn) as conn, connection(dreamcatcher_dsn) as blocker:
+        await install_merge_audit(conn)
+        mergers = [
+            Merger(dreamcatcher_dsn, WORLD, poll_interval=POLL, leader_timeout=leader_timeout, name=name)
+            for name in ("m1", "m2")
+        ]
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with DeltaClient.connect(dreamcatcher_dsn, stream_id="w", world=WORLD) as dc:
+                await dc.configure_world()
+                tasks.extend(asyncio.create_task(m.run(stop)) for m in mergers)
+
+                async def one_leads() -> bool:
+                    return [m.get_stats()["is_leader"] for m in mergers].count(True) == 1
+
+                await wait_until(one_leads, timeout=TIMEOUT, what="a leader")
+                [leader_pid] = await leader_lock_pids(conn)
+                async with blocker.transaction():
+                    # the merge's writes wait for this lock: the merge lasts as long as we hold it
+                    await blocker.execute("LOCK TABLE dreamcatcher.entity_versions IN SHARE MODE")
+                    written = await write_frames(dc, range(1, 2))
+
+                    async def merging() -> bool:
+                        return bool(
+                            await conn.fetchval(
+                                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1"
+                                " AND wait_event_type = 'Lock')",
+                                leader_pid,
+                            )
+                        )
+
+                    await wait_until(merging, timeout=TIMEOUT, what="the merge to wait for the lock")
+                    await asyncio.sleep(6 * leader_timeout)
+                    assert await leader_lock_pids(conn) == [leader_pid]  # nobody ended the busy leader
+                await dc.wait_merged(1, timeout=TIMEOUT)
+                audit = await assert_merged_once(conn, written)
+                assert {pid for _, _, pid in audit} == {leader_pid}
+                assert [m.get_stats()["is_leader"] for m in mergers].count(True) == 1
+        finally:
+            stop.set()
+            for task in tasks:
+                await asyncio.wait_for(task, TIMEOUT)
+            for m in mergers:
+                await m.aclose()
