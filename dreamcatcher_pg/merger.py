@@ -220,12 +220,36 @@ class Merger:
 
     # -- work --
 
+    @property
+    def close_wait(self) -> float:
+        """Seconds a close waits for the frame's in-flight inserts before it tries again later."""
+        return max(0.05, min(self.poll_interval, 1.0))
+
     async def close_due_frames(self) -> list[int]:
-        """Close the open frames whose streams are all in or whose deadline passed."""
+        """Close the open frames whose streams are all in or whose deadline passed.
+
+        A close waits for the inserts in flight in its frame (the fence); one that waits
+        longer than :attr:`close_wait` — a worker holding its insert's transaction open — is
+        given up and tried again at the next tick, so the merger (and the frame's other
+        writers, queued behind a waiting close) are never held up by one idle transaction.
+        """
         assert self._conn is not None
         closed = []
         for row in await self._conn.fetch(query("due_frames"), self.world):
-            status = await self._conn.fetchval(query("close_frame"), self.world, row["frame"], row["reason"])
+            try:
+                async with self._conn.transaction():
+                    await self._conn.execute(f"SET LOCAL lock_timeout = {int(self.close_wait * 1000)}")
+                    status = await self._conn.fetchval(
+                        query("close_frame"), self.world, row["frame"], row["reason"]
+                    )
+            except asyncpg.LockNotAvailableError:
+                holders = await self._conn.fetchval(query("frame_fence_holders"), self.world, row["frame"])
+                log.warning(
+                    "world %r frame %s is due (%s) but inserts still hold it open after %.1fs "
+                    "(backends %s; a worker idle in its transaction?): trying again later",
+                    self.world, row["frame"], row["reason"], self.close_wait, holders or "?",
+                )  # fmt: skip
+                continue
             if status == "closed":
                 log.info("world %r frame %s closed (%s)", self.world, row["frame"], row["reason"])
                 closed.append(int(row["frame"]))

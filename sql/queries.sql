@@ -64,6 +64,15 @@ WHERE coalesce(m.heartbeat_at, a.backend_start) < clock_timestamp() - make_inter
 -- End a backend's session and wait (up to $2 ms) until it is gone, with its locks.
 SELECT pg_terminate_backend($1, $2);
 
+-- name: frame_fence_holders
+-- $1 world, $2 frame: the backends holding the frame's fence (inserts in flight), for a log line.
+WITH k AS (SELECT dreamcatcher.frame_lock_key($1, $2) AS key)
+SELECT array_agg(l.pid ORDER BY l.pid) FROM pg_locks l, k
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid = ((k.key >> 32) & 4294967295)::oid
+   AND l.objid = (k.key & 4294967295)::oid;
+
 -- name: due_frames
 SELECT frame, reason FROM dreamcatcher.due_frames($1);
 

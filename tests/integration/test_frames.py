@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import fetch
+from helpers import connection, fetch, observation_ids, wait_until
 
 from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger, MergeResult
 
@@ -308,3 +309,55 @@ async def test_merged_notify_wakes_wait_merged(dreamcatcher_dsn: str) -> None:
         assert not waiter.done()
         await merge(dsn)
         await asyncio.wait_for(waiter, 10)
+
+
+async def test_a_worker_idle_in_its_insert_transaction_does_not_hold_up_the_merger(
+    dreamcatcher_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A due frame whose fence a worker holds (its insert's transaction left open) is not
+    waited for: the merger gives the close up after close_wait, warns with the worker's
+    backend, and tries again at each tick. Meanwhile the frame's other writers are not
+    queued behind a waiting close, and once the idle transaction commits the frame closes and
+    merges with both deltas."""
+    world = "idle-fence"
+    async with (
+        DeltaClient.connect(dreamcatcher_dsn, stream_id="busy", world=world) as other,
+        connection(dreamcatcher_dsn) as idle,
+    ):
+        await other.configure_world(close_after=0.2)
+        assert (
+            await other.insert_delta(1, {"observations": [{"id": "first"}]}, utc=at(1))
+        ).status == "stored"
+        tr = idle.transaction()
+        await tr.start()
+        stored = await idle.fetchval(
+            'SELECT dreamcatcher.append_delta($1, \'idle\', 1, $2, \'{"observations": [{"id": "idle"}]}\')',
+            world,
+            at(2),
+        )
+        assert stored == "stored"  # and the transaction stays open: the fence is held
+        idle_pid = idle.get_server_pid()
+        merger = Merger(dreamcatcher_dsn, world, poll_interval=0.1, name="m")
+        stop = asyncio.Event()
+        task = asyncio.create_task(merger.run(stop))
+        try:
+            with caplog.at_level(logging.WARNING, logger="dreamcatcher_pg.merger"):
+
+                async def warned() -> bool:
+                    return any(str(idle_pid) in r.getMessage() for r in caplog.records)
+
+                await wait_until(warned, timeout=20.0, what="the merger to give the close up")
+                # the merger is not stuck in the close: the other writer's insert goes through
+                receipt = await asyncio.wait_for(
+                    other.insert_delta(1, {"observations": [{"id": "second"}]}, utc=at(3)), 5.0
+                )
+                assert receipt.status == "stored"
+                assert await other.frame_status(1) == "open"
+            await tr.commit()
+            await other.wait_merged(1, timeout=20.0)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20.0)
+            await merger.aclose()
+        async with connection(dreamcatcher_dsn) as conn:
+            assert sorted(await observation_ids(conn, world, 1)) == ["first", "idle", "second"]
