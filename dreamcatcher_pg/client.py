@@ -46,6 +46,13 @@ COPY_COLUMNS = ("world", "frame", "stream_id", "utc", "payload")
 _ITEM_KEYS = frozenset({"frame", "payload", "utc"})
 
 
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """The reset of the client's own pool: nothing to do. Its calls leave no session state
+    behind (no SET, no LISTEN, no session-level lock; asyncpg itself still rolls back a
+    transaction left open), so asyncpg's default reset query — a second round trip after
+    every call — is skipped. A pool given to :meth:`DeltaClient.connect` keeps its own reset."""
+
+
 class DeltaClient:
     """An async client for one stream of one world. Use :meth:`connect`."""
 
@@ -97,7 +104,7 @@ class DeltaClient:
         owns = pool is None
         if pool is None:
             try:
-                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, reset=_no_session_state)
             except (OSError, asyncpg.PostgresError) as exc:
                 raise map_db_error(exc) from exc
         client = cls(
