@@ -152,27 +152,17 @@ def _plain_json(value: dict[Any, Any] | list[Any], depth: int) -> bool:
     if depth >= MAX_DEPTH and (depth > MAX_DEPTH or value):
         return False  # (the children of a non-empty container at MAX_DEPTH would be too deep)
     if type(value) is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                return False
-            kind = type(item)
-            if kind in _PLAIN_SCALARS:
-                continue
-            if kind is float:
-                if item - item != 0.0:  # NaN or an infinity
-                    return False
-            elif kind is dict or kind is list:
-                if not _plain_json(item, depth + 1):
-                    return False
-            else:
-                return False
-        return True
-    for item in value:  # (the same loop for a list, spelt out: this is the hot path)
+        if not all(type(key) is str for key in value):
+            return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
         kind = type(item)
         if kind in _PLAIN_SCALARS:
             continue
         if kind is float:
-            if item - item != 0.0:
+            if item - item != 0.0:  # NaN or an infinity
                 return False
         elif kind is dict or kind is list:
             if not _plain_json(item, depth + 1):

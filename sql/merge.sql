@@ -334,33 +334,18 @@ BEGIN
     -- 2. each item through its key's reader, one arm per key (no per-item dispatch); the item
     --    itself is kept only where something reads it later (quarantine, tallies)
     items AS MATERIALIZED (
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
-               CASE WHEN r.reason IS NOT NULL OR r.kind = 'tally' THEN e.item END AS item,
-               r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL dreamcatcher.read_post(e.item) r WHERE e.rank IN (1, 2)
-        UNION ALL
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
-               CASE WHEN r.reason IS NOT NULL THEN e.item END, r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL dreamcatcher.read_agent(e.item) r WHERE e.rank = 3
-        UNION ALL
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
-               CASE WHEN r.reason IS NOT NULL THEN e.item END, r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL dreamcatcher.read_comment(e.item) r WHERE e.rank = 4
-        UNION ALL
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
-               CASE WHEN r.reason IS NOT NULL OR r.kind = 'tally' THEN e.item END, r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL dreamcatcher.read_reaction(e.item) r WHERE e.rank = 5
-        UNION ALL
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key,
-               CASE WHEN r.reason IS NOT NULL THEN e.item END, r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL dreamcatcher.read_chapter(e.item) r WHERE e.rank = 6
-        UNION ALL
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key, NULL, r.kind, r.ekey, r.data, r.reason
-        FROM e CROSS JOIN LATERAL dreamcatcher.read_observation(e.item, e.frame, e.stream_id, e.utc, e.pos) r
-        WHERE e.rank = 7
-        UNION ALL
-        SELECT e.frame, e.utc, e.stream_id, e.rank, e.pos, e.key, NULL, 'unmerged', e.key, NULL, NULL
-        FROM e WHERE e.rank IS NULL
+        SELECT x.frame, x.utc, x.stream_id, x.rank, x.pos, x.key,
+               CASE WHEN x.reason IS NOT NULL OR x.kind = 'tally' THEN x.item END AS item,
+               x.kind, x.ekey, x.data, x.reason
+        FROM (SELECT e.*, r.* FROM e, dreamcatcher.read_post(e.item) r WHERE e.rank IN (1, 2)
+              UNION ALL SELECT e.*, r.* FROM e, dreamcatcher.read_agent(e.item) r WHERE e.rank = 3
+              UNION ALL SELECT e.*, r.* FROM e, dreamcatcher.read_comment(e.item) r WHERE e.rank = 4
+              UNION ALL SELECT e.*, r.* FROM e, dreamcatcher.read_reaction(e.item) r WHERE e.rank = 5
+              UNION ALL SELECT e.*, r.* FROM e, dreamcatcher.read_chapter(e.item) r WHERE e.rank = 6
+              UNION ALL SELECT e.*, r.*
+                        FROM e, dreamcatcher.read_observation(e.item, e.frame, e.stream_id, e.utc, e.pos) r
+                        WHERE e.rank = 7
+              UNION ALL SELECT e.*, 'unmerged', e.key, NULL, NULL FROM e WHERE e.rank IS NULL) x
     ),
     -- 3. unreadable items: quarantined with their reason, never dropped
     quarantined AS (

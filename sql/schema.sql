@@ -260,6 +260,51 @@ BEGIN
     RETURN v_status;
 END $$;
 
+-- The fence of a batch: take the shared lock of every frame of the batch (ascending, so two
+-- batches never deadlock), make sure each frame has its row, and return the frames that are
+-- not open. The status is read after the lock, in a statement of its own, so its snapshot
+-- sees a close that committed first. The caller's transaction keeps the locks until COMMIT.
+CREATE OR REPLACE FUNCTION dreamcatcher.fence_frames(p_world text, p_frames bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_frame  bigint;
+    v_state  text;
+    v_closed bigint[] := '{}';
+BEGIN
+    FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, v_frame));
+        SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl
+         WHERE fl.world = p_world AND fl.frame = v_frame;
+        IF NOT FOUND THEN
+            v_state := dreamcatcher.ensure_frame(p_world, v_frame);
+        END IF;
+        IF v_state <> 'open' THEN
+            v_closed := v_closed || v_frame;
+        END IF;
+    END LOOP;
+    RETURN v_closed;
+END $$;
+
+-- note_expected_stream for each frame of a batch (but the frames in p_skip), when the
+-- stream is one the world expects.
+CREATE OR REPLACE FUNCTION dreamcatcher.note_expected_streams(
+    p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[], p_skip bigint[] DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_frame bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dreamcatcher.worlds w
+                   WHERE w.world = p_world AND p_stream = ANY (w.expected_streams)) THEN
+        RETURN;
+    END IF;
+    FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f WHERE NOT f = ANY (p_skip) LOOP
+        PERFORM dreamcatcher.note_expected_stream(
+            p_world, p_stream, v_frame,
+            ARRAY(SELECT u FROM unnest(p_frames, p_utcs) AS x(f, u) WHERE x.f = v_frame));
+    END LOOP;
+END $$;
+
 -- Append a batch of deltas of one stream. One result per input, in input
 -- order: 'stored' | 'duplicate' | 'conflict' | 'late' | 'deferred' (the same
 -- words as append_delta). Late attempts are recorded in late_log whatever the
@@ -269,32 +314,18 @@ CREATE OR REPLACE FUNCTION dreamcatcher.append_deltas(
 RETURNS text[]
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_frame  bigint;
-    v_state  text;
     v_policy text;
-    v_late   bigint[] := '{}';
-    v_result   text[];
-    v_first    integer[];
-    v_expected text[];
+    v_late   bigint[];
+    v_result text[];
+    v_first  integer[];
     i        integer;
 BEGIN
     IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs)
        OR cardinality(p_frames) IS DISTINCT FROM cardinality(p_payloads) THEN
         RAISE EXCEPTION 'append_deltas: frames, utcs and payloads differ in length' USING ERRCODE = '22023';
     END IF;
-    FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, v_frame));
-        SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl
-         WHERE fl.world = p_world AND fl.frame = v_frame;
-        IF NOT FOUND THEN
-            v_state := dreamcatcher.ensure_frame(p_world, v_frame);
-        END IF;
-        IF v_state <> 'open' THEN
-            v_late := v_late || v_frame;
-        END IF;
-    END LOOP;
-    SELECT w.late_policy, w.expected_streams INTO v_policy, v_expected
-      FROM dreamcatcher.worlds w WHERE w.world = p_world;
+    v_late := dreamcatcher.fence_frames(p_world, p_frames);
+    SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
 
     -- Fast path, the common case: every frame open and every key new. One plain INSERT; any
     -- repeated or existing key raises unique_violation, which undoes it and takes the exact path.
@@ -302,13 +333,7 @@ BEGIN
         BEGIN
             INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload)
             SELECT p_world, x.f, p_stream, x.u, x.p FROM unnest(p_frames, p_utcs, p_payloads) AS x(f, u, p);
-            IF p_stream = ANY (v_expected) THEN
-                FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f LOOP
-                    PERFORM dreamcatcher.note_expected_stream(
-                        p_world, p_stream, v_frame,
-                        ARRAY(SELECT u FROM unnest(p_frames, p_utcs) AS x(f, u) WHERE x.f = v_frame));
-                END LOOP;
-            END IF;
+            PERFORM dreamcatcher.note_expected_streams(p_world, p_stream, p_frames, p_utcs);
             RETURN array_fill('stored'::text, ARRAY[cardinality(p_frames)]);
         EXCEPTION WHEN unique_violation THEN
             NULL;  -- a retry or a repeat in the batch: sort it out below
@@ -358,13 +383,7 @@ BEGIN
       LEFT JOIN existing e ON e.ord = r.ord
       LEFT JOIN inserted x ON x.frame = i.frame AND x.utc = i.utc;
 
-    IF p_stream = ANY (v_expected) THEN
-        FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f WHERE NOT f = ANY (v_late) LOOP
-            PERFORM dreamcatcher.note_expected_stream(
-                p_world, p_stream, v_frame,
-                ARRAY(SELECT u FROM unnest(p_frames, p_utcs) AS x(f, u) WHERE x.f = v_frame));
-        END LOOP;
-    END IF;
+    PERFORM dreamcatcher.note_expected_streams(p_world, p_stream, p_frames, p_utcs, v_late);
 
     FOR i IN 1 .. coalesce(cardinality(v_result), 0) LOOP
         IF v_result[i] IS NULL THEN
@@ -391,10 +410,6 @@ CREATE OR REPLACE FUNCTION dreamcatcher.copy_begin(
     p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[])
 RETURNS text
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_frame    bigint;
-    v_state    text;
-    v_expected text[];
 BEGIN
     IF NOT pg_catalog.has_table_privilege('dreamcatcher.delta_log', 'INSERT') THEN
         RETURN 'denied';
@@ -402,26 +417,10 @@ BEGIN
     IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs) THEN
         RAISE EXCEPTION 'copy_begin: frames and utcs differ in length' USING ERRCODE = '22023';
     END IF;
-    FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, v_frame));
-        -- read after the lock: a statement of its own, so its snapshot sees a close that committed first
-        SELECT fl.status INTO v_state FROM dreamcatcher.frame_log fl
-         WHERE fl.world = p_world AND fl.frame = v_frame;
-        IF NOT FOUND THEN
-            v_state := dreamcatcher.ensure_frame(p_world, v_frame);
-        END IF;
-        IF v_state <> 'open' THEN
-            RETURN 'exact';
-        END IF;
-    END LOOP;
-    SELECT w.expected_streams INTO v_expected FROM dreamcatcher.worlds w WHERE w.world = p_world;
-    IF p_stream = ANY (v_expected) THEN
-        FOR v_frame IN SELECT DISTINCT f FROM unnest(p_frames) f LOOP
-            PERFORM dreamcatcher.note_expected_stream(
-                p_world, p_stream, v_frame,
-                ARRAY(SELECT u FROM unnest(p_frames, p_utcs) AS x(f, u) WHERE x.f = v_frame));
-        END LOOP;
+    IF cardinality(dreamcatcher.fence_frames(p_world, p_frames)) > 0 THEN
+        RETURN 'exact';
     END IF;
+    PERFORM dreamcatcher.note_expected_streams(p_world, p_stream, p_frames, p_utcs);
     RETURN 'copy';
 END $$;
 

@@ -405,3 +405,14 @@ async def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await conn.fetch(sql, *args)]
     finally:
         await conn.close()
+
+
+async def log_rows(dsn: str, world: str) -> list[tuple[Any, ...]]:
+    """The world's log as (frame, stream_id, utc, payload text, late), in key order."""
+    async with connection(dsn) as conn:
+        rows = await conn.fetch(
+            "SELECT frame, stream_id, utc, payload::text, late FROM dreamcatcher.delta_log"
+            " WHERE world = $1 ORDER BY frame, stream_id, utc",
+            world,
+        )
+    return [tuple(r) for r in rows]

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import at, connection
+from helpers import at, connection, log_rows
 from test_roles import Cast, cast, refused, refused_by_database
 
 from dreamcatcher_pg import DeltaClient, DeltaConflictError, DreamcatcherError, FrameClosedError
@@ -37,21 +37,11 @@ def prepared(dc: DeltaClient, batch: list[dict[str, Any]]) -> list[Any]:
     ]
 
 
-async def log_rows(dsn: str, world: str = W) -> list[tuple[Any, ...]]:
-    async with connection(dsn) as conn:
-        rows = await conn.fetch(
-            "SELECT frame, stream_id, utc, payload::text, late FROM dreamcatcher.delta_log WHERE world = $1"
-            " ORDER BY frame, stream_id, utc",
-            world,
-        )
-    return [tuple(r) for r in rows]
-
-
 async def test_a_plain_batch_is_copied_and_stored(dreamcatcher_dsn: str) -> None:
     async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s1", world=W) as dc:
         batch = items(1, 0, 300) + items(2, 300, 200)  # two frames in one batch
         assert await dc._copy_batch(prepared(dc, batch)) == ["stored"] * 500  # the COPY path took it
-        rows = await log_rows(dreamcatcher_dsn)
+        rows = await log_rows(dreamcatcher_dsn, W)
         assert len(rows) == 500 and not any(r[4] for r in rows)
         assert rows[0][:4] == (1, "s1", at(0), '{"observations": [{"id": "p0"}]}')
         # through the public call: receipts in input order, all "stored"
@@ -62,7 +52,7 @@ async def test_a_plain_batch_is_copied_and_stored(dreamcatcher_dsn: str) -> None
         assert dc._copy_ok
         assert await dc._copy_batch(prepared(dc, batch)) is None
         assert [r.status for r in await dc.insert_deltas(batch)] == ["duplicate"] * 500
-        assert len(await log_rows(dreamcatcher_dsn)) == 550
+        assert len(await log_rows(dreamcatcher_dsn, W)) == 550
 
 
 async def test_repeats_and_conflicts_in_a_batch_get_the_answers_of_append_deltas(
@@ -78,16 +68,16 @@ async def test_repeats_and_conflicts_in_a_batch_get_the_answers_of_append_deltas
             *items(1, 20, 1),
         ]
         assert await dc._copy_batch(prepared(dc, batch)) is None  # the COPY failed, and left nothing
-        assert len(await log_rows(dreamcatcher_dsn)) == 3
+        assert len(await log_rows(dreamcatcher_dsn, W)) == 3
         with pytest.raises(DeltaConflictError) as caught:
             await dc.insert_deltas(batch)
         statuses = [r.status for r in caught.value.receipts]  # type: ignore[attr-defined]
         assert statuses == ["stored", "stored", "duplicate", "duplicate", "stored"]
-        assert len(await log_rows(dreamcatcher_dsn)) == 6
+        assert len(await log_rows(dreamcatcher_dsn, W)) == 6
         # a key repeated with another payload inside one batch
         with pytest.raises(DeltaConflictError):
             await dc.insert_deltas([*items(1, 30, 1), {"frame": 1, "payload": {"x": 2}, "utc": at(30)}])
-        assert len(await log_rows(dreamcatcher_dsn)) == 7
+        assert len(await log_rows(dreamcatcher_dsn, W)) == 7
 
 
 @pytest.mark.parametrize("policy", ["reject", "defer"])
@@ -136,7 +126,7 @@ async def test_close_waits_for_a_copy_in_flight_and_later_batches_are_late(dream
             )
             await tx.commit()
             assert await asyncio.wait_for(closing, 10) == "closed"
-        assert len(await log_rows(dreamcatcher_dsn)) == 2  # landed before the close: it will be merged
+        assert len(await log_rows(dreamcatcher_dsn, W)) == 2  # landed before the close: it will be merged
         with pytest.raises(FrameClosedError):
             await dc.insert_deltas(items(5, 10, 3))
         async with connection(dreamcatcher_dsn) as conn:

@@ -29,6 +29,7 @@ from helpers import (
     frame_table,
     insert_batches,
     insert_each,
+    log_rows,
     make_rng,
     merge_until_idle,
     quarantine_rows,
@@ -142,16 +143,6 @@ async def test_privileges_refuse_update_and_delete_to_a_writer_role(dreamcatcher
 # -- 2. identity ------------------------------------------------------------------
 
 
-async def _log_rows(dsn: str, world: str = WORLD) -> list[tuple[object, ...]]:
-    async with connection(dsn) as conn:
-        rows = await conn.fetch(
-            "SELECT frame, stream_id, utc, payload::text FROM dreamcatcher.delta_log"
-            " WHERE world = $1 ORDER BY frame, stream_id, utc",
-            world,
-        )
-    return [tuple(r) for r in rows]
-
-
 async def test_identical_reinsert_is_a_duplicate_and_writes_nothing(dreamcatcher_dsn: str) -> None:
     async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s1", world=WORLD) as dc:
         first = await dc.insert_delta(7, OBS, utc=at(5))
@@ -164,7 +155,7 @@ async def test_identical_reinsert_is_a_duplicate_and_writes_nothing(dreamcatcher
     assert again.status == "duplicate"
     assert reordered.status == "duplicate"
     assert (again.world, again.frame, again.stream_id, again.utc) == (WORLD, 7, "s1", at(5))
-    assert len(await _log_rows(dreamcatcher_dsn)) == 2
+    assert len(await log_rows(dreamcatcher_dsn, WORLD)) == 2
 
 
 async def test_same_key_with_another_payload_is_a_conflict_and_overwrites_nothing(
@@ -172,13 +163,13 @@ async def test_same_key_with_another_payload_is_a_conflict_and_overwrites_nothin
 ) -> None:
     async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s1", world=WORLD) as dc:
         await dc.insert_delta(7, OBS, utc=at(5))
-        before = await _log_rows(dreamcatcher_dsn)
+        before = await log_rows(dreamcatcher_dsn, WORLD)
         with pytest.raises(DeltaConflictError) as caught:
             await dc.insert_delta(7, {"observations": [{"id": "other"}]}, utc=at(5))
         assert caught.value.key == (WORLD, 7, "s1", at(5))
         with pytest.raises(DeltaConflictError):  # the batch path too
             await dc.insert_deltas([{"frame": 7, "payload": {"observations": []}, "utc": at(5)}])
-    assert await _log_rows(dreamcatcher_dsn) == before
+    assert await log_rows(dreamcatcher_dsn, WORLD) == before
 
 
 async def test_one_microsecond_apart_is_two_deltas(dreamcatcher_dsn: str) -> None:
@@ -186,7 +177,7 @@ async def test_one_microsecond_apart_is_two_deltas(dreamcatcher_dsn: str) -> Non
         a = await dc.insert_delta(3, OBS, utc=at(5))
         b = await dc.insert_delta(3, OBS, utc=at(5) + timedelta(microseconds=1))
     assert (a.status, b.status) == ("stored", "stored")
-    rows = await _log_rows(dreamcatcher_dsn)
+    rows = await log_rows(dreamcatcher_dsn, WORLD)
     assert [r[2] for r in rows] == [at(5), at(5, 1)]
 
 
@@ -220,7 +211,7 @@ async def test_retry_after_the_frame_closed_or_merged_is_still_a_duplicate(dream
             )
             == 2
         )
-    assert len(await _log_rows(dreamcatcher_dsn)) == 2
+    assert len(await log_rows(dreamcatcher_dsn, WORLD)) == 2
 
 
 async def test_batch_with_repeated_identical_items_stores_once(dreamcatcher_dsn: str) -> None:
@@ -248,7 +239,7 @@ async def test_batch_with_repeated_identical_items_stores_once(dreamcatcher_dsn:
             at(1),
         )
         assert statuses == ["stored", "duplicate"]
-    rows = await _log_rows(dreamcatcher_dsn)
+    rows = await log_rows(dreamcatcher_dsn, WORLD)
     assert [(r[1], r[2]) for r in rows] == [("s1", at(1)), ("s1", at(2)), ("s1", at(3)), ("s2", at(1))]
     assert rows[2][3] == '{"observations": [{"id": "d"}]}'
 
