@@ -208,15 +208,16 @@ class Merger:
             row["holder"] or "?", self.world, pid, row["silent_for"], self.leader_timeout,
         )  # fmt: skip
         try:
-            ended = await self._conn.fetchval(query("terminate_backend"), pid, 10_000)
+            ended = await self._conn.fetchval(query("end_silent_leader"), self.world, self.leader_timeout)
         except asyncpg.InsufficientPrivilegeError as exc:
             log.error(
-                "cannot end the session of the silent leader of world %r (%s): the merger's login "
-                "needs the leader's role or pg_signal_backend",
+                "cannot end the session of the silent leader of world %r (%s): run the mergers under "
+                "one login, or members of the merger role of `dreamcatcher init --roles` (run as a "
+                "superuser), or grant pg_signal_backend",
                 self.world, exc,
             )  # fmt: skip
             return None
-        return pid if ended else None
+        return int(ended) if ended is not None else None
 
     # -- work --
 

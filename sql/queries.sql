@@ -40,29 +40,11 @@ ON CONFLICT (world) DO UPDATE
        started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at;
 
 -- name: silent_leader
--- $1 world, $2 seconds. The backend holding the world's leader lock when its merger has sent
--- no heartbeat for longer than $2 seconds (a hung process keeps its session, and so the
--- lock): its pid, its holder name and how long it has been silent. No row: none, or alive.
--- A holder with no heartbeat row of its own is timed from the start of its session.
-WITH k AS (SELECT dreamcatcher.leader_lock_key($1) AS key),
-holder AS (
-    SELECT l.pid FROM pg_locks l, k
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-       AND l.classid = ((k.key >> 32) & 4294967295)::oid
-       AND l.objid = (k.key & 4294967295)::oid
-     LIMIT 1
-)
-SELECT h.pid, m.holder,
-       extract(epoch FROM clock_timestamp() - coalesce(m.heartbeat_at, a.backend_start))::float8 AS silent_for
-FROM holder h
-LEFT JOIN dreamcatcher.mergers m ON m.world = $1 AND m.backend_pid = h.pid
-LEFT JOIN pg_stat_activity a ON a.pid = h.pid
-WHERE coalesce(m.heartbeat_at, a.backend_start) < clock_timestamp() - make_interval(secs => $2);
+-- $1 world, $2 seconds: the leader's backend when it has been silent that long (no row: none).
+SELECT pid, holder, silent_for FROM dreamcatcher.silent_leader($1, $2);
 
--- name: terminate_backend
--- End a backend's session and wait (up to $2 ms) until it is gone, with its locks.
-SELECT pg_terminate_backend($1, $2);
+-- name: end_silent_leader
+SELECT dreamcatcher.end_silent_leader($1, $2);
 
 -- name: frame_fence_holders
 -- $1 world, $2 frame: the backends holding the frame's fence (inserts in flight), for a log line.

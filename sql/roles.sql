@@ -175,6 +175,10 @@ REVOKE EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) FROM PUB
 -- (the COPY path is for sessions that may INSERT into delta_log themselves; a worker appends
 -- through append_deltas, and may not take the frame locks this function takes)
 REVOKE EXECUTE ON FUNCTION dreamcatcher.copy_begin(text, text, bigint[], timestamptz[]) FROM PUBLIC;
+-- a standby merger ends the session of a silent leader of another login (only that one)
+ALTER FUNCTION dreamcatcher.end_silent_leader(text, float8)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.end_silent_leader(text, float8) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_stream_limit(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_owns_stream(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_writes_world(text) FROM PUBLIC;
@@ -277,7 +281,10 @@ BEGIN
     EXECUTE format('GRANT INSERT ON dreamcatcher.quarantine_log, dreamcatcher.deferred_log TO %I', v_merger);
     EXECUTE format('GRANT UPDATE ON dreamcatcher.frame_log, dreamcatcher.worlds TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) TO %I', v_merger);
-    EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), v_merger);  -- merge scratch tables
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.end_silent_leader(text, float8) TO %I', v_merger);
+    -- (the merge needs no temporary table any more; mergers of earlier versions, still running
+    -- during an upgrade, do)
+    EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), v_merger);
 
     -- NOTIFY and advisory locks: pg_notify and the lock functions are executable by PUBLIC.
     -- A worker holding a world's leader lock (or its world lock) would stall the merger

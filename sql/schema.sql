@@ -180,6 +180,53 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7102
 CREATE OR REPLACE FUNCTION dreamcatcher.leader_lock_key(p_world text) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7103) $$;
 
+-- The backend holding a world's leader lock when its merger has sent no heartbeat for longer
+-- than p_timeout seconds (a hung process keeps its session, and so the lock): its pid, holder
+-- name and silence. No row: no leader, or a live one. A holder with no heartbeat row of its
+-- own is timed from the start of its session.
+CREATE OR REPLACE FUNCTION dreamcatcher.silent_leader(p_world text, p_timeout float8)
+RETURNS TABLE (pid integer, holder text, silent_for float8)
+LANGUAGE sql STABLE AS $$
+    WITH k AS (SELECT dreamcatcher.leader_lock_key(p_world) AS key),
+    lock_holder AS (
+        SELECT l.pid FROM pg_catalog.pg_locks l, k
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+           AND l.classid = ((k.key >> 32) & 4294967295)::oid
+           AND l.objid = (k.key & 4294967295)::oid
+         LIMIT 1
+    )
+    SELECT h.pid, m.holder,
+           extract(epoch FROM clock_timestamp() - coalesce(m.heartbeat_at, a.backend_start))::float8
+    FROM lock_holder h
+    LEFT JOIN dreamcatcher.mergers m ON m.world = p_world AND m.backend_pid = h.pid
+    LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = h.pid
+    WHERE coalesce(m.heartbeat_at, a.backend_start) < clock_timestamp() - make_interval(secs => p_timeout)
+$$;
+
+-- End the session of a silent leader (see silent_leader) and wait, up to 10 s, until it is
+-- gone with its lock; returns its pid, or NULL when the leader is not silent (any more).
+-- Whatever that session had begun is rolled back. With `init --roles` this runs with its
+-- owner's rights, so members of the merger role can end another merger login's session,
+-- and nothing else: only the holder of that world's leader lock, only when it is silent.
+CREATE OR REPLACE FUNCTION dreamcatcher.end_silent_leader(p_world text, p_timeout float8) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_pid integer;
+BEGIN
+    IF p_timeout IS NULL OR p_timeout <= 0 THEN
+        RAISE EXCEPTION 'end_silent_leader: the timeout must be positive' USING ERRCODE = '22023';
+    END IF;
+    SELECT s.pid INTO v_pid FROM dreamcatcher.silent_leader(p_world, p_timeout) s;
+    IF v_pid IS NULL OR v_pid = pg_catalog.pg_backend_pid() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_catalog.pg_terminate_backend(v_pid, 10000) THEN
+        RETURN v_pid;
+    END IF;
+    RETURN NULL;
+END $$;
+
 -- ---------------------------------------------------------------------------
 -- Notifications. NOTIFY is a wake-up, never the data; the merger also polls.
 -- A NOTIFY in every insert transaction serialises all commits on one global

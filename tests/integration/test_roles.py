@@ -582,6 +582,41 @@ async def test_merger_merges_closes_due_frames_and_cannot_write_the_log(cast: Ca
         assert refused_by_database(caught.value) == "42501"
 
 
+async def test_a_standby_merger_login_ends_another_merger_logins_silent_leadership(cast: Cast) -> None:
+    """Two merger logins (both members of the merger role) cannot signal each other's sessions;
+    end_silent_leader, which runs with its owner's rights, lets the standby end the leader's
+    session, and only when that leader has gone silent; a worker may not call it."""
+    m2 = f"{cast.merger}_2"
+    with cleanup_roles([cast.dsn], [m2]):
+        async with connect(cast.dsn) as admin:
+            await admin.execute(f'CREATE ROLE "{m2}" LOGIN IN ROLE "{cast.names.merger}"')
+        leader = Merger(cast.url(cast.merger), W, poll_interval=0.1, leader_timeout=0.3, name="leader")
+        standby = Merger(cast.url(m2), W, poll_interval=0.1, leader_timeout=0.3, name="standby")
+        try:
+            assert await leader.try_lead()
+            assert leader._conn is not None
+            leader_pid = leader._conn.get_server_pid()
+            async with connect(cast.url(m2)) as conn:  # the login itself may not end it
+                await refused(conn, "SELECT pg_terminate_backend($1)", leader_pid)
+                # not silent for a minute: nothing happens
+                assert await conn.fetchval("SELECT dreamcatcher.end_silent_leader($1, 60)", W) is None
+            assert not await standby.try_lead()
+            await asyncio.sleep(0.5)  # the leader sends nothing (no run loop): silent past its timeout
+            assert await standby.end_silent_leader() is None  # first look: a suspect
+            await asyncio.sleep(standby.heartbeat_interval)
+            assert await standby.end_silent_leader() == leader_pid  # still silent: ended
+            assert await standby.try_lead()
+            async with connect(cast.dsn) as admin:
+                assert not await admin.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", leader_pid
+                )
+            async with connect(cast.url(cast.worker)) as conn:  # and a worker may not call it at all
+                await refused(conn, "SELECT dreamcatcher.end_silent_leader($1, 1)", W)
+        finally:
+            await standby.aclose()
+            await leader.aclose()
+
+
 # -- the reader -----------------------------------------------------------------------
 
 
