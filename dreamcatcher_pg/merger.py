@@ -12,8 +12,8 @@ transaction (``dreamcatcher.merge_frame``), until the lowest unmerged frame is
 open. Progress (the frame's status, hash and stats) is written in the same
 transaction as the projection.
 
-A leader sends a heartbeat from its listener connection every few tenths of
-``leader_timeout``, merging or not. A process that hangs without dying (stopped,
+A leader sends a heartbeat from its listener connection every poll interval (and at
+least five times per ``leader_timeout``), merging or not. A process that hangs without dying (stopped,
 frozen) keeps its session and so the lock; a standby that sees the lock holder
 silent for longer than ``leader_timeout`` ends that session with
 ``pg_terminate_backend`` (which rolls back whatever it had begun) and takes the
@@ -181,8 +181,8 @@ class Merger:
     async def end_silent_leader(self) -> int | None:
         """As a standby: end the session of a leader silent for longer than ``leader_timeout``.
 
-        Returns the pid of the session ended, or None (no leader, a live one, or no right
-        to end it: the merger's login needs the leader's role or ``pg_signal_backend``).
+        Returns the pid of the session ended, or None: no leader, a live one, a silence seen
+        only once so far, or no right to end it (see docs/tuning.md).
         """
         if self.leader_timeout is None:
             return None

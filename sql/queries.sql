@@ -31,10 +31,12 @@ RETURNING w.world, w.expected_streams, w.late_policy, extract(epoch FROM w.close
 SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key($1));
 
 -- name: heartbeat
--- $4: the backend that holds the leader lock (the merger's session; the heartbeat may be
--- sent from its other connection while the session is busy merging).
+-- $4: the merger's session, which holds the leader lock (the heartbeat may be sent from its
+-- other connection while the session is busy merging). Written only while that session
+-- still holds the lock: a merger that wakes up after its session was ended writes nothing.
 INSERT INTO dreamcatcher.mergers (world, holder, backend_pid, started_at, heartbeat_at)
-VALUES ($1, $2, $4, $3, clock_timestamp())
+SELECT $1, $2, $4, $3, clock_timestamp()
+ WHERE dreamcatcher.leader_lock_holder($1) = $4
 ON CONFLICT (world) DO UPDATE
    SET holder = excluded.holder, backend_pid = excluded.backend_pid,
        started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at;

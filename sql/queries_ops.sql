@@ -6,9 +6,7 @@
 
 -- name: status_world_details
 -- $1 world. The last merged frame, the merge lag, the recent frames, and who
--- holds the leader lock right now (pg_locks: the lock of pg_try_advisory_lock(bigint)
--- shows as classid = high 32 bits, objid = low 32 bits, objsubid = 1).
-WITH k AS (SELECT dreamcatcher.leader_lock_key($1) AS key)
+-- holds the leader lock right now.
 SELECT
     (SELECT jsonb_build_object(
                 'frame', f.frame, 'delta_count', f.delta_count, 'state_hash', f.state_hash,
@@ -25,12 +23,7 @@ SELECT
                FROM dreamcatcher.frames f
               WHERE f.world = $1
               ORDER BY f.frame DESC LIMIT $2) r)::text AS recent_frames,
-    (SELECT l.pid FROM pg_locks l, k
-      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        AND l.classid = ((k.key >> 32) & 4294967295)::oid
-        AND l.objid = (k.key & 4294967295)::oid
-      LIMIT 1) AS leader_lock_pid;
+    dreamcatcher.leader_lock_holder($1) AS leader_lock_pid;
 
 -- name: metrics_world
 -- $1 world, $2 the last merged frame whose delta_count the caller has already

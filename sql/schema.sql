@@ -180,6 +180,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7102
 CREATE OR REPLACE FUNCTION dreamcatcher.leader_lock_key(p_world text) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7103) $$;
 
+-- The backend holding a world's leader lock (pg_try_advisory_lock(bigint) shows in pg_locks
+-- as classid = the key's high 32 bits, objid = its low 32 bits, objsubid = 1), or NULL.
+CREATE OR REPLACE FUNCTION dreamcatcher.leader_lock_holder(p_world text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT l.pid FROM pg_catalog.pg_locks l,
+           (SELECT dreamcatcher.leader_lock_key(p_world) AS key) k
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+       AND l.classid = ((k.key >> 32) & 4294967295)::oid
+       AND l.objid = (k.key & 4294967295)::oid
+     LIMIT 1
+$$;
+
 -- The backend holding a world's leader lock when its merger has sent no heartbeat for longer
 -- than p_timeout seconds (a hung process keeps its session, and so the lock): its pid, holder
 -- name and silence. No row: no leader, or a live one. A holder with no heartbeat row of its
@@ -187,21 +200,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtextextended(p_world, 7103
 CREATE OR REPLACE FUNCTION dreamcatcher.silent_leader(p_world text, p_timeout float8)
 RETURNS TABLE (pid integer, holder text, silent_for float8)
 LANGUAGE sql STABLE AS $$
-    WITH k AS (SELECT dreamcatcher.leader_lock_key(p_world) AS key),
-    lock_holder AS (
-        SELECT l.pid FROM pg_catalog.pg_locks l, k
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-           AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-           AND l.classid = ((k.key >> 32) & 4294967295)::oid
-           AND l.objid = (k.key & 4294967295)::oid
-         LIMIT 1
-    )
     SELECT h.pid, m.holder,
            extract(epoch FROM clock_timestamp() - coalesce(m.heartbeat_at, a.backend_start))::float8
-    FROM lock_holder h
+    FROM (SELECT dreamcatcher.leader_lock_holder(p_world) AS pid) h
     LEFT JOIN dreamcatcher.mergers m ON m.world = p_world AND m.backend_pid = h.pid
     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = h.pid
-    WHERE coalesce(m.heartbeat_at, a.backend_start) < clock_timestamp() - make_interval(secs => p_timeout)
+    WHERE h.pid IS NOT NULL
+      AND coalesce(m.heartbeat_at, a.backend_start) < clock_timestamp() - make_interval(secs => p_timeout)
 $$;
 
 -- End the session of a silent leader (see silent_leader) and wait, up to 10 s, until it is

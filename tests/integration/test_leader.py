@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 from helpers import (
@@ -29,6 +30,7 @@ from helpers import (
 )
 
 from dreamcatcher_pg import DeltaClient, Merger
+from dreamcatcher_pg.queries import query
 
 WORLD = "lead"
 TIMEOUT = 20.0
@@ -327,3 +329,26 @@ async def test_no_standby_ends_a_leader_busy_in_a_long_merge(dreamcatcher_dsn: s
                 await asyncio.wait_for(task, TIMEOUT)
             for m in mergers:
                 await m.aclose()
+
+
+async def test_a_heartbeat_is_written_only_for_the_session_that_holds_the_lock(dreamcatcher_dsn: str) -> None:
+    """The heartbeat may come from the leader's other connection, so it names the session it
+    speaks for; once that session has lost the lock (ended, say, while its process was
+    stopped), a late heartbeat from the woken process must not pass for the new leader's."""
+    started = datetime.now(UTC)
+    async with connection(dreamcatcher_dsn) as conn, connection(dreamcatcher_dsn) as session:
+        assert await session.fetchval(query("try_leader_lock"), WORLD)
+        pid = session.get_server_pid()
+        await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid)  # from another connection
+        assert (
+            await conn.fetchval("SELECT backend_pid FROM dreamcatcher.mergers WHERE world = $1", WORLD) == pid
+        )
+        await terminate_backend(conn, pid)  # the session (and its lock) is gone
+        async with connection(dreamcatcher_dsn) as new_session:
+            assert await new_session.fetchval(query("try_leader_lock"), WORLD)
+            new_pid = new_session.get_server_pid()
+            await conn.execute(query("heartbeat"), WORLD, "new:2", started, new_pid)
+            before = await conn.fetchrow("SELECT * FROM dreamcatcher.mergers WHERE world = $1", WORLD)
+            await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid)  # the late one
+            after = await conn.fetchrow("SELECT * FROM dreamcatcher.mergers WHERE world = $1", WORLD)
+            assert dict(after) == dict(before) and after["backend_pid"] == new_pid
