@@ -152,17 +152,29 @@ def _plain_json(value: dict[Any, Any] | list[Any], depth: int) -> bool:
     if depth >= MAX_DEPTH and (depth > MAX_DEPTH or value):
         return False  # (the children of a non-empty container at MAX_DEPTH would be too deep)
     if type(value) is dict:
-        if not all(type(key) is str for key in value):
-            return False
-        items: Any = value.values()
-    else:
-        items = value
-    for item in items:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind in _PLAIN_SCALARS:
+                continue
+            if kind is float:
+                if item - item != 0.0:  # NaN or an infinity
+                    return False
+            elif kind is dict or kind is list:
+                if not _plain_json(item, depth + 1):
+                    return False
+            else:
+                return False
+        return True
+    # The same loop for a list, spelt out: this is the hot path of every insert (one loop over
+    # dict.values() after an all() over the keys measured 20 % slower per delta).
+    for item in value:
         kind = type(item)
         if kind in _PLAIN_SCALARS:
             continue
         if kind is float:
-            if item - item != 0.0:  # NaN or an infinity
+            if item - item != 0.0:
                 return False
         elif kind is dict or kind is list:
             if not _plain_json(item, depth + 1):
