@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,16 +17,7 @@ from dreamcatcher_pg.demo import PlannedDelta, plan_frame
 STREAMS, FRAMES, K = 3, 4, 4
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``cli.main`` configures logging for a process; put it back for the next tests."""
-    root = logging.getLogger()
-    package = logging.getLogger("dreamcatcher_pg")
-    handlers, root_level, package_level = root.handlers[:], root.level, package.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(root_level)
-    package.setLevel(package_level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def run_demo_cli(dsn: str, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,17 +17,7 @@ from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.status import collect_status, render_status, watch_status
 from dreamcatcher_pg.testing import database_dsn
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``cli.main`` configures logging for a process; put it back for the next tests."""
-    root = logging.getLogger()
-    package = logging.getLogger("dreamcatcher_pg")
-    handlers, root_level, package_level = root.handlers[:], root.level, package.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(root_level)
-    package.setLevel(package_level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 async def populate(dsn: str) -> Merger:

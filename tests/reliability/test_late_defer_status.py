@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,17 +17,7 @@ import pytest
 from bench.reliability import connection, late, render_table
 from dreamcatcher_pg.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``cli.main`` configures logging for a process; put it back for the next tests."""
-    root = logging.getLogger()
-    package = logging.getLogger("dreamcatcher_pg")
-    handlers, root_level, package_level = root.handlers[:], root.level, package.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(root_level)
-    package.setLevel(package_level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 async def status_json(dsn: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
