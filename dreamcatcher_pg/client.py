@@ -8,7 +8,9 @@ A worker appends deltas for its stream; it never writes state::
         await dc.wait_merged(515, timeout=5.0)
 
 Every insert is one round trip to a SQL function that holds the frame's fence
-(a shared advisory lock) while it checks the frame and appends. A retry of the
+(a shared advisory lock) while it checks the frame and appends; a batch is one
+transaction (the fence, then a COPY into the log, when the login may write the
+table itself; otherwise one call of ``append_deltas``). A retry of the
 same delta (same utc) is recognised and reported as ``"duplicate"``, so
 retrying after a lost connection is always safe.
 """
@@ -185,7 +187,7 @@ class DeltaClient:
         return self._receipt(delta, status)
 
     async def insert_deltas(self, deltas: Iterable[Mapping[str, Any]]) -> list[Receipt]:
-        """Append a batch in one round trip: items ``{"frame", "payload", "utc"?}``.
+        """Append a batch in one transaction: items ``{"frame", "payload", "utc"?}``.
 
         Every item is validated first; an invalid one fails the whole batch and
         nothing is written. After the round trip, the first conflicting or late
