@@ -73,6 +73,18 @@ BEGIN
     END IF;
 END $$;
 
+-- The fold of a JSON array of objects, for an entity with many items in one frame: the same
+-- result as jsonb_fold over the elements in order (a later element's top-level fields win), in
+-- time linear in the fields. jsonb_fold copies its growing result at every step: for one entity
+-- given thousands of distinct fields in one frame that is quadratic (minutes for one delta).
+-- jsonb_object_agg keeps the last value of a key given twice.
+CREATE OR REPLACE FUNCTION dreamcatcher.jsonb_fold_many(p_objects jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_object_agg(f.key, f.value ORDER BY a.o), '{}'::jsonb)
+    FROM jsonb_array_elements(p_objects) WITH ORDINALITY AS a(d, o)
+    CROSS JOIN LATERAL jsonb_each(a.d) AS f
+$$;
+
 -- ---------------------------------------------------------------------------
 -- The rules: which delta keys are read, in which order within a delta.
 -- ---------------------------------------------------------------------------
@@ -241,7 +253,8 @@ CREATE OR REPLACE FUNCTION dreamcatcher.read_observation(
 RETURNS TABLE (kind text, ekey text, data jsonb, reason text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT 'observation'::text,
-           jsonb_build_array(p_frame, p_stream, (extract(epoch FROM p_utc) * 1000000)::bigint, p_pos)::text,
+           -- (trunc, not ::bigint: the same text for every utc, and no overflow whatever the utc)
+           jsonb_build_array(p_frame, p_stream, trunc(extract(epoch FROM p_utc) * 1000000), p_pos)::text,
            p_item, NULL::text
 $$;
 
@@ -348,11 +361,22 @@ BEGIN
               UNION ALL SELECT e.*, 'unmerged', e.key, NULL, NULL FROM e WHERE e.rank IS NULL) x
     ),
     -- 3. unreadable items: quarantined with their reason, never dropped
+    --    At most 100 rows per delta, then one row that says how many more there are: a delta of
+    --    many tiny bad items must not make the merge write a row for each (they stay in the log).
     quarantined AS (
         INSERT INTO dreamcatcher.quarantine_log (world, frame, stream_id, utc, key, position, reason, item, merged_in)
-        SELECT p_world, i.frame, i.stream_id, i.utc, i.key, i.pos, i.reason, i.item, p_frame
-        FROM items i WHERE i.reason IS NOT NULL
-        ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos
+        SELECT p_world, q.frame, q.stream_id, q.utc, q.key, q.pos,
+               CASE WHEN q.n <= 100 THEN q.reason
+                    ELSE format('%s more unreadable items of this delta are not listed one by one '
+                                '(the first of them: key %s, position %s: %s); the delta is in the log',
+                                q.total - 100, q.key, q.pos, q.reason) END,
+               CASE WHEN q.n <= 100 THEN q.item END, p_frame
+        FROM (SELECT i.frame, i.utc, i.stream_id, i.rank, i.pos, i.key, i.reason, i.item,
+                     row_number() OVER (PARTITION BY i.frame, i.utc, i.stream_id ORDER BY i.rank, i.pos) AS n,
+                     count(*) OVER (PARTITION BY i.frame, i.utc, i.stream_id) AS total
+              FROM items i WHERE i.reason IS NOT NULL) q
+        WHERE q.n <= 101
+        ORDER BY q.frame, q.utc, q.stream_id, q.rank, q.pos
     ),
     -- Keyed entities. Every lookup of the current version goes through a LATERAL ... LIMIT 1
     -- subquery: a parameterised index probe per changed entity, so the cost of a merge follows
@@ -361,11 +385,15 @@ BEGIN
     upserted AS (
         SELECT p.kind, p.ekey, v.data AS old, coalesce(v.data, '{}'::jsonb) || p.patch AS new,
                coalesce(v.first_frame, p_frame) AS first_frame, v.ctid AS old_ctid
-        FROM (SELECT i.kind, i.ekey,
-                     dreamcatcher.jsonb_fold(i.data ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos) AS patch
-              FROM items i
-              WHERE i.kind IN ('post', 'agent') AND i.reason IS NULL
-              GROUP BY i.kind, i.ekey) p
+        FROM (SELECT g.kind, g.ekey, CASE WHEN g.n <= 64 THEN g.small ELSE dreamcatcher.jsonb_fold_many(g.many) END AS patch
+              FROM (SELECT w.kind, w.ekey, count(*) AS n,
+                           dreamcatcher.jsonb_fold(w.data ORDER BY w.frame, w.utc, w.stream_id, w.rank, w.pos)
+                               FILTER (WHERE w.n <= 64) AS small,
+                           jsonb_agg(w.data ORDER BY w.frame, w.utc, w.stream_id, w.rank, w.pos)
+                               FILTER (WHERE w.n > 64) AS many
+                    FROM (SELECT i.*, count(*) OVER (PARTITION BY i.kind, i.ekey) AS n FROM items i
+                          WHERE i.kind IN ('post', 'agent') AND i.reason IS NULL) w
+                    GROUP BY w.kind, w.ekey) g) p
         LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
                            WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
                              AND c.valid_to IS NULL LIMIT 1) v ON true
@@ -377,12 +405,16 @@ BEGIN
     appended AS MATERIALIZED (
         SELECT p.kind, p.ekey, v.data AS old, p.patch || coalesce(v.data, '{}'::jsonb) AS new,
                coalesce(v.first_frame, p_frame) AS first_frame, v.ctid AS old_ctid
-        FROM (SELECT i.kind, i.ekey,
-                     dreamcatcher.jsonb_fold(i.data ORDER BY i.frame DESC, i.utc DESC, i.stream_id DESC,
-                                                             i.rank DESC, i.pos DESC) AS patch
-              FROM items i
-              WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL
-              GROUP BY i.kind, i.ekey) p
+        FROM (SELECT g.kind, g.ekey, CASE WHEN g.n <= 64 THEN g.small ELSE dreamcatcher.jsonb_fold_many(g.many) END AS patch
+              FROM (SELECT w.kind, w.ekey, count(*) AS n,
+                           dreamcatcher.jsonb_fold(w.data ORDER BY w.frame DESC, w.utc DESC, w.stream_id DESC,
+                                                                   w.rank DESC, w.pos DESC)
+                               FILTER (WHERE w.n <= 64) AS small,
+                           jsonb_agg(w.data ORDER BY w.frame DESC, w.utc DESC, w.stream_id DESC, w.rank DESC, w.pos DESC)
+                               FILTER (WHERE w.n > 64) AS many
+                    FROM (SELECT i.*, count(*) OVER (PARTITION BY i.kind, i.ekey) AS n FROM items i
+                          WHERE i.kind IN ('comment', 'reaction', 'chapter') AND i.reason IS NULL) w
+                    GROUP BY w.kind, w.ekey) g) p
         LEFT JOIN LATERAL (SELECT c.data, c.first_frame, c.ctid FROM dreamcatcher.entity_versions c
                            WHERE c.world = p_world AND c.kind = p.kind AND c.ekey = p.ekey
                              AND c.valid_to IS NULL LIMIT 1) v ON true
