@@ -63,6 +63,7 @@ from dreamcatcher_pg import (
     Merger,
     configure_world,
 )
+from dreamcatcher_pg.models import batch_bounds
 from dreamcatcher_pg.schema import init_database
 
 #: Writer clocks start here (fixed, so a run can be replayed with the same keys).
@@ -500,8 +501,8 @@ async def replay_hashes(dsn: str, world: str, into: str) -> tuple[int, list[int]
         )
     for stream, items in by_stream.items():
         async with DeltaClient.connect(dsn, stream_id=stream, world=into) as dc:
-            for start in range(0, len(items), 500):
-                await dc.insert_deltas(items[start : start + 500])
+            for start, end in batch_bounds([item["frame"] for item in items], 500):
+                await dc.insert_deltas(items[start:end])
     async with DeltaClient.connect(dsn, stream_id="replay", world=into) as dc:
         for frame in frames:
             await dc.close_frame(frame)

@@ -118,7 +118,8 @@ def cmd_init(args: argparse.Namespace, dsn: str) -> int:
     if args.roles:
         from .roles import create_roles
 
-        for name in asyncio.run(create_roles(dsn, prefix=args.role_prefix)):
+        restrict = args.restrict_lock_functions
+        for name in asyncio.run(create_roles(dsn, prefix=args.role_prefix, restrict_lock_functions=restrict)):
             print(f"role {name} is up to date")
     return 0
 
@@ -145,6 +146,8 @@ def cmd_world(args: argparse.Namespace, dsn: str) -> int:
                 expected_streams=expected,
                 late_policy=args.late_policy,
                 close_after=args.close_after,
+                max_frame_ahead=args.max_frame_ahead,
+                idle_writer_timeout=args.idle_writer_timeout,
             )
         finally:
             await conn.close()
@@ -239,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", action="store_true", help="also create the worker, merger and reader roles (docs/roles)"
     )
     p.add_argument("--role-prefix", default="dreamcatcher", help="prefix of the role names")
+    p.add_argument(
+        "--restrict-lock-functions",
+        action="store_true",
+        help="with --roles: also revoke pg_notify and the advisory-lock functions from PUBLIC in this "
+        "database (for EVERY application using it) and grant them to the merger role (docs/operations.md)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
@@ -259,6 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--late-policy", choices=["reject", "defer"], help="what happens to late deltas")
     p.add_argument(
         "--close-after", type=float, metavar="SECONDS", help="close a frame this long after its first delta"
+    )
+    p.add_argument(
+        "--max-frame-ahead",
+        type=int,
+        metavar="N",
+        help="refuse a new frame more than N frames above the last merged one (default 10000000)",
+    )
+    p.add_argument(
+        "--idle-writer-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="the merger ends a session idle this long while it holds a frame's fence (default 30)",
     )
     p.set_defaults(func=cmd_world)
 

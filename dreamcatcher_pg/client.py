@@ -35,7 +35,7 @@ from .errors import (
     InvalidDeltaError,
     map_db_error,
 )
-from .models import PreparedDelta, Receipt, check_frame, prepare_delta, validate_identity
+from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
 from .queries import query
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
@@ -46,6 +46,14 @@ MERGED_CHANNEL = "dreamcatcher_merged"
 COPY_COLUMNS = ("world", "frame", "stream_id", "utc", "payload")
 #: The keys of an item of insert_deltas.
 _ITEM_KEYS = frozenset({"frame", "payload", "utc"})
+
+
+def session_settings(world: str, stream_id: str) -> dict[str, str]:
+    """The settings of a client's sessions: the fence needs READ COMMITTED (the database's default
+    may be another level), and the session names its stream, so that ``dreamcatcher status``
+    can say which writer holds a frame open (``application_name``, at most 63 bytes)."""
+    name = f"dreamcatcher {world}/{stream_id}".encode()[:63].decode("utf-8", "ignore")
+    return {"default_transaction_isolation": "read committed", "application_name": name}
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:
@@ -106,7 +114,13 @@ class DeltaClient:
         owns = pool is None
         if pool is None:
             try:
-                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, reset=_no_session_state)
+                pool = await asyncpg.create_pool(
+                    dsn,
+                    min_size=1,
+                    max_size=pool_size,
+                    reset=_no_session_state,
+                    server_settings=session_settings(world, stream_id),
+                )
             except (OSError, asyncpg.PostgresError) as exc:
                 raise map_db_error(exc) from exc
         client = cls(
@@ -143,6 +157,11 @@ class DeltaClient:
                 return await self._pool.fetchval(sql, *args)
             except DRIVER_ERRORS as exc:
                 err = map_db_error(exc)
+                if isinstance(exc, asyncpg.SerializationError) and attempt < self._retries:
+                    # a merge passed the frame this call was making while it ran: nothing was
+                    # stored; the retry finds the frame late, as the world's policy says
+                    log.info("insert raced a merge (%s); retrying", exc)
+                    continue
                 if isinstance(err, ConnectionLostError) and attempt < self._retries:
                     log.warning("connection lost (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
@@ -215,6 +234,7 @@ class DeltaClient:
             )
         if not prepared:
             return []
+        check_batch_limits([d.frame for d, _ in prepared])
         statuses = await self._copy_batch(prepared) if self._copy_ok else None
         if statuses is None:
             statuses = await self._call(
@@ -272,8 +292,10 @@ class DeltaClient:
                     return cast(list[str], statuses)
                 self._copy_ok = False  # 'denied': this role appends through append_deltas only
                 return None
-        except asyncpg.UniqueViolationError:
-            return None  # a retry, or a key repeated in the batch: append_deltas sorts it out
+        except (asyncpg.UniqueViolationError, asyncpg.SerializationError):
+            # a retry, or a key repeated in the batch; or a merge passed a frame this batch was
+            # making while it ran (refused at COMMIT): append_deltas sorts it out
+            return None
         except asyncpg.InsufficientPrivilegeError:
             self._copy_ok = False  # (a worker of `init --roles` may not even call copy_begin)
             return None
@@ -314,14 +336,18 @@ class DeltaClient:
         expected_streams: list[str] | None = None,
         late_policy: str | None = None,
         close_after: float | timedelta | None = None,
+        max_frame_ahead: int | None = None,
+        idle_writer_timeout: float | timedelta | None = None,
     ) -> dict[str, Any]:
-        """Set this world's expected streams, late policy and close deadline (None keeps)."""
+        """Configure this world (None keeps a setting): see :func:`configure_world`."""
         return await configure_world(
             self._pool,
             self.world,
             expected_streams=expected_streams,
             late_policy=late_policy,
             close_after=close_after,
+            max_frame_ahead=max_frame_ahead,
+            idle_writer_timeout=idle_writer_timeout,
         )
 
     # -- waiting for merges --
@@ -396,19 +422,38 @@ async def configure_world(
     expected_streams: list[str] | None = None,
     late_policy: str | None = None,
     close_after: float | timedelta | None = None,
+    max_frame_ahead: int | None = None,
+    idle_writer_timeout: float | timedelta | None = None,
 ) -> dict[str, Any]:
-    """Create or update a world's configuration; None leaves a setting as it is."""
+    """Create or update a world's configuration; None leaves a setting as it is.
+
+    ``max_frame_ahead``: a new frame more than this many frames above the last merged one is
+    refused (default 10,000,000). ``idle_writer_timeout``: the merger ends a session that holds
+    one of the world's fences while idle this long (seconds, default 30).
+    """
     if late_policy is not None and late_policy not in ("reject", "defer"):
         raise InvalidDeltaError("late_policy must be 'reject' or 'defer'", field="late_policy")
-    interval = None
-    if close_after is not None:
-        seconds = close_after.total_seconds() if isinstance(close_after, timedelta) else float(close_after)
-        interval = timedelta(seconds=seconds)
+    if max_frame_ahead is not None:
+        check_frame(max_frame_ahead, "max_frame_ahead")
+        if max_frame_ahead < 1:
+            raise InvalidDeltaError("max_frame_ahead must be at least 1", field="max_frame_ahead")
+    interval = _interval(close_after, "close_after")
+    idle = _interval(idle_writer_timeout, "idle_writer_timeout")
     try:
         row = await executor.fetchrow(
-            query("configure_world"), world, expected_streams, late_policy, interval
+            query("configure_world"), world, expected_streams, late_policy, interval, max_frame_ahead, idle
         )
     except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
     assert row is not None
     return dict(row)
+
+
+def _interval(value: float | timedelta | None, field: str) -> timedelta | None:
+    """A positive number of seconds (or a timedelta) as a timedelta; None stays None."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not 0 < seconds < 10**9:
+        raise InvalidDeltaError(f"{field} must be a positive number of seconds, not {value!r}", field=field)
+    return timedelta(seconds=seconds)

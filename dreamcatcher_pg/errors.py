@@ -78,6 +78,10 @@ def map_db_error(exc: BaseException) -> DreamcatcherError:
         sqlstate = None
     if sqlstate == "DCA01":
         return AppendOnlyViolation(str(exc))
+    if sqlstate == "DCF01":  # a new frame too far above the world's merged ones
+        return InvalidDeltaError(str(exc), field="frame")
+    if sqlstate == "23514":  # a check of the log: what the merge could not read (size, depth, range)
+        return InvalidDeltaError(f"the database refused it: {exc}")
     if isinstance(exc, asyncpg.InternalClientError):
         # No SQLSTATE: asyncpg's next query on a session the server ended while it sat idle
         # (57P01 at shutdown) fails with "cannot switch to state N". The connection is dead.

@@ -55,7 +55,7 @@ from rich.table import Table
 
 from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
 from .merger import Merger
-from .models import MAX_DEPTH, MAX_FRAME, validate_identity
+from .models import MAX_DEPTH, MAX_FRAME, batch_bounds, validate_identity
 from .queries import query
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
@@ -426,8 +426,8 @@ async def _store(conn: asyncpg.Connection, world: str, deltas: list[ParsedDelta]
             rounds[seen[key]].append(index)
             seen[key] += 1
         for indexes in rounds:
-            for start in range(0, len(indexes), BATCH_SIZE):
-                chunk = indexes[start : start + BATCH_SIZE]
+            for start, end in batch_bounds([deltas[i].frame for i in indexes], BATCH_SIZE):
+                chunk = indexes[start:end]
                 got = await _append_batch(conn, world, stream, [deltas[i] for i in chunk])
                 for index, status in zip(chunk, got, strict=True):
                     statuses[index] = status

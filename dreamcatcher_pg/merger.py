@@ -17,7 +17,15 @@ least five times per ``leader_timeout``), merging or not. A process that hangs w
 frozen) keeps its session and so the lock; a standby that sees the lock holder
 silent for longer than ``leader_timeout`` ends that session with
 ``pg_terminate_backend`` (which rolls back whatever it had begun) and takes the
-lock. The hung process finds its session gone when it wakes, and stands by.
+lock. The hung process finds its session gone when it wakes, and stands by. The silence
+that counts is the leader's own ``leader_timeout``, which it declares with its heartbeats:
+a standby configured with a shorter one cannot end a healthy leader.
+
+A writer that holds a frame's fence (an insert, or a close, in a transaction it leaves
+open) holds up that frame's close. When a close or the claim of the next frame waits
+longer than :attr:`Merger.close_wait`, the merger looks at who holds the world's fences
+and ends the sessions idle for longer than the world's ``idle_writer_timeout``
+(:meth:`Merger.end_stuck_writers`).
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ class MergerStats:
     quarantined: int = 0
     reconnects: int = 0
     errors: int = 0
+    writers_ended: int = 0  #: sessions ended for holding a fence while idle too long
     is_leader: bool = False
     last_frame: int | None = None
 
@@ -101,6 +110,8 @@ class Merger:
         self._beats: asyncio.Task[None] | None = None
         #: a lock holder seen silent once: (its pid, when); ended when still silent later
         self._suspect: tuple[int, float] | None = None
+        #: the sessions found holding this world's fences the last time a close or claim waited
+        self.stuck: list[dict[str, Any]] = []
 
     # -- connections --
 
@@ -112,11 +123,16 @@ class Merger:
             self._wakeup.set()
 
     async def _connect(self) -> None:
+        settings = {
+            # the fence and the claim need READ COMMITTED, whatever the database's default
+            "default_transaction_isolation": "read committed",
+            "application_name": f"dreamcatcher merger {self.world}".encode()[:63].decode("utf-8", "ignore"),
+        }
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.dsn)
+            self._conn = await asyncpg.connect(self.dsn, server_settings=settings)
             self.stats.is_leader = False
         if self._listener is None or self._listener.is_closed():
-            self._listener = await asyncpg.connect(self.dsn)
+            self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
             await self._listener.add_listener(WORK_CHANNEL, self._on_notify)
 
     async def _disconnect(self) -> None:
@@ -141,8 +157,9 @@ class Merger:
     async def _heartbeat(self) -> None:
         assert self._conn is not None
         await self._conn.execute(
-            query("heartbeat"), self.world, self.holder, self._started_at, self._conn.get_server_pid()
-        )
+            query("heartbeat"), self.world, self.holder, self._started_at, self._conn.get_server_pid(),
+            self.leader_timeout,
+        )  # fmt: skip
 
     @property
     def heartbeat_interval(self) -> float:
@@ -162,8 +179,9 @@ class Merger:
                 continue
             try:
                 await listener.execute(
-                    query("heartbeat"), self.world, self.holder, self._started_at, conn.get_server_pid()
-                )
+                    query("heartbeat"), self.world, self.holder, self._started_at, conn.get_server_pid(),
+                    self.leader_timeout,
+                )  # fmt: skip
             except DRIVER_ERRORS as exc:  # the run loop sees a broken connection itself
                 log.debug("heartbeat of world %r not sent: %s", self.world, exc)
 
@@ -250,12 +268,47 @@ class Merger:
                     "(backends %s; a worker idle in its transaction?): trying again later",
                     self.world, row["frame"], row["reason"], self.close_wait, holders or "?",
                 )  # fmt: skip
+                await self.end_stuck_writers()
                 continue
             if status == "closed":
                 log.info("world %r frame %s closed (%s)", self.world, row["frame"], row["reason"])
                 closed.append(int(row["frame"]))
         self.stats.frames_closed += len(closed)
         return closed
+
+    async def end_stuck_writers(self) -> list[int]:
+        """End the sessions idle for longer than the world's ``idle_writer_timeout`` while they hold
+        one of its fences; log each, and the ones still inside the limit. Returns the pids ended.
+
+        Their open transactions roll back: what they appended was never acknowledged. Needs the
+        right to end their sessions: the same login, ``pg_signal_backend``, or the merger role of
+        ``dreamcatcher init --roles``.
+        """
+        assert self._conn is not None
+        stuck = [dict(r) for r in await self._conn.fetch(query("stuck_writers"), self.world)]
+        self.stuck = stuck
+        for w in stuck:
+            log.warning(
+                "world %r: session %s (%s, %s) holds %s and has been %s for %.1fs%s",
+                self.world, w["pid"], w["application_name"] or "no name", w["usename"], ", ".join(w["holds"]),
+                w["state"], w["idle_for"] or 0.0,
+                ": ending it (idle_writer_timeout)" if w["over_limit"] else "",
+                extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
+            )  # fmt: skip
+        if not any(w["over_limit"] for w in stuck):
+            return []
+        try:
+            ended = list(await self._conn.fetchval(query("end_stuck_writers"), self.world) or [])
+        except asyncpg.InsufficientPrivilegeError as exc:
+            log.error(
+                "world %r: cannot end the idle sessions that hold its fences (%s): run the merger as "
+                "the workers' login, or as a member of the merger role of `dreamcatcher init --roles`, "
+                "or grant it pg_signal_backend",
+                self.world, exc,
+            )  # fmt: skip
+            return []
+        self.stats.writers_ended += len(ended)
+        return ended
 
     async def merge_available(self) -> list[MergeResult]:
         """Merge every closed frame that is next in line. The caller must lead.
@@ -267,7 +320,19 @@ class Merger:
         assert self._conn is not None and self.stats.is_leader
         results = []
         while True:
-            frame = await self._conn.fetchval(query("claim_next_frame"), self.world)
+            try:
+                frame = await self._conn.fetchval(
+                    query("claim_next_frame"), self.world, int(self.close_wait * 1000)
+                )
+            except asyncpg.LockNotAvailableError:
+                # a session holds the world lock (by hand: the append functions hold it only while
+                # they commit a new frame): end it if it is idle past the limit, else try later
+                log.warning(
+                    "world %r: the claim of the next frame waited %.1fs for the world lock; trying later",
+                    self.world, self.close_wait,
+                )  # fmt: skip
+                await self.end_stuck_writers()
+                break
             if frame is None:
                 break
             started = time.perf_counter()
@@ -398,6 +463,7 @@ class Merger:
             "quarantined": s.quarantined,
             "reconnects": s.reconnects,
             "errors": s.errors,
+            "writers_ended": s.writers_ended,
             "last_frame": s.last_frame,
         }
 

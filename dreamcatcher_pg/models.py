@@ -17,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from .errors import InvalidDeltaError
 
-MAX_FRAME = 2**63 - 1
+#: The largest frame number: 2^53 - 1, exact in every JSON reader (the database refuses more).
+MAX_FRAME = 2**53 - 1
+#: The most deltas, and distinct frames, one batch may hold (each frame holds a lock until COMMIT;
+#: the database refuses more: dreamcatcher.max_batch_deltas / max_batch_frames).
+MAX_BATCH_DELTAS = 10_000
+MAX_BATCH_FRAMES = 32
 #: Deeper payloads are refused (PostgreSQL and orjson have limits near 250).
 MAX_DEPTH = 64
 
@@ -125,6 +130,37 @@ def check_frame(frame: Any, field: str = "frame") -> int:
     if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame <= MAX_FRAME:
         raise InvalidDeltaError(f"{field} must be an integer in 0..{MAX_FRAME}, not {frame!r}", field=field)
     return frame
+
+
+def check_batch_limits(frames: list[int]) -> None:
+    """Refuse a batch the database would refuse: too many deltas, or too many distinct frames."""
+    if len(frames) > MAX_BATCH_DELTAS:
+        raise InvalidDeltaError(
+            f"a batch holds {len(frames)} deltas, over the limit of {MAX_BATCH_DELTAS}: split it",
+            field="deltas",
+        )
+    spanned = len(set(frames))
+    if spanned > MAX_BATCH_FRAMES:
+        raise InvalidDeltaError(
+            f"a batch spans {spanned} frames, over the limit of {MAX_BATCH_FRAMES}: split it by frame",
+            field="deltas",
+        )
+
+
+def batch_bounds(frames: list[int], size: int = MAX_BATCH_DELTAS) -> list[tuple[int, int]]:
+    """Split a batch, in its order, into ``(start, end)`` slices that each hold at most ``size``
+    deltas and span at most :data:`MAX_BATCH_FRAMES` frames (one call of ``insert_deltas`` each)."""
+    size = max(1, min(size, MAX_BATCH_DELTAS))
+    bounds: list[tuple[int, int]] = []
+    start, spanned = 0, set[int]()
+    for index, frame in enumerate(frames):
+        if index - start >= size or (frame not in spanned and len(spanned) >= MAX_BATCH_FRAMES):
+            bounds.append((start, index))
+            start, spanned = index, set()
+        spanned.add(frame)
+    if start < len(frames):
+        bounds.append((start, len(frames)))
+    return bounds
 
 
 def _first_error(exc: ValidationError) -> InvalidDeltaError:

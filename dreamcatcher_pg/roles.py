@@ -7,7 +7,8 @@ Three NOLOGIN group roles, named ``<prefix>_worker``, ``<prefix>_merger`` and
   (:func:`grant_stream`), through ``dreamcatcher.append_delta``,
   ``append_deltas`` and ``close_frame`` (SECURITY DEFINER, checked); it closes
   frames only in worlds where it owns a stream; it reads what a reader reads;
-* the **merger** reads the log, writes the state, takes the leader locks and notifies;
+* the **merger** reads the log, writes the state (only the columns the merge writes), ends
+  silent leaders and idle fence holders of its worlds;
 * a **reader** selects the views (and the time-travel functions).
 
 The SQL is ``sql/roles.sql``; the model and its limits are in the docs (Roles).
@@ -67,8 +68,16 @@ def roles_sql() -> str:
     return resources.files("dreamcatcher_pg.sql").joinpath(ROLES_FILE).read_text(encoding="utf-8")
 
 
-async def install_roles(conn: asyncpg.Connection, prefix: str = DEFAULT_PREFIX) -> RoleNames:
-    """Apply ``roles.sql`` and create/grant the roles on ``conn`` (one transaction, idempotent)."""
+async def install_roles(
+    conn: asyncpg.Connection, prefix: str = DEFAULT_PREFIX, *, restrict_lock_functions: bool = False
+) -> RoleNames:
+    """Apply ``roles.sql`` and create/grant the roles on ``conn`` (one transaction, idempotent).
+
+    Nothing outside the ``dreamcatcher`` schema and the three roles changes, unless
+    ``restrict_lock_functions``: then ``pg_notify`` and the advisory-lock functions are
+    revoked from PUBLIC in this database (for every application using it) and granted to
+    the merger role and the schema owner.
+    """
     names = role_names(prefix)
     try:
         async with conn.transaction():
@@ -77,24 +86,28 @@ async def install_roles(conn: asyncpg.Connection, prefix: str = DEFAULT_PREFIX) 
             if await conn.fetchval("SELECT to_regclass('dreamcatcher.delta_log') IS NULL"):
                 raise DreamcatcherError("the dreamcatcher schema is missing: run `dreamcatcher init` first")
             await conn.execute(roles_sql())
-            created = await conn.fetchval("SELECT dreamcatcher.install_roles($1)", prefix)
+            created = await conn.fetchval(
+                "SELECT dreamcatcher.install_roles($1, $2)", prefix, restrict_lock_functions
+            )
             locks_open = await conn.fetchval(
                 "SELECT has_function_privilege($1, 'pg_try_advisory_lock(bigint)', 'EXECUTE')", names.worker
             )
     except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
     assert list(created) == list(names), (created, names)
-    if locks_open:
+    if restrict_lock_functions and locks_open:
         log.warning(
-            "roles installed by a non-superuser: %s can still call pg_notify and take advisory locks "
-            "(e.g. a world's leader lock, stalling its merger); run `dreamcatcher init --roles` "
-            "as a superuser to revoke them from PUBLIC in this database",
+            "roles installed by a non-superuser: %s can still call pg_notify and take advisory locks; "
+            "run `dreamcatcher init --roles --restrict-lock-functions` as a superuser to revoke them "
+            "from PUBLIC in this database",
             names.worker,
         )
     return names
 
 
-async def create_roles(dsn: str, *, prefix: str = DEFAULT_PREFIX) -> list[str]:
+async def create_roles(
+    dsn: str, *, prefix: str = DEFAULT_PREFIX, restrict_lock_functions: bool = False
+) -> list[str]:
     """Create the worker, merger and reader roles and their grants; returns their names."""
     role_names(prefix)
     try:
@@ -102,7 +115,7 @@ async def create_roles(dsn: str, *, prefix: str = DEFAULT_PREFIX) -> list[str]:
     except (OSError, asyncpg.PostgresError) as exc:
         raise map_db_error(exc) from exc
     try:
-        names = await install_roles(conn, prefix)
+        names = await install_roles(conn, prefix, restrict_lock_functions=restrict_lock_functions)
     finally:
         await conn.close()
     log.info("roles %s are up to date", ", ".join(names))

@@ -19,13 +19,18 @@ FROM dreamcatcher.worlds w LEFT JOIN dreamcatcher.frame_log f ON f.world = w.wor
 WHERE w.world = $1;
 
 -- name: configure_world
-INSERT INTO dreamcatcher.worlds AS w (world, expected_streams, late_policy, close_after)
-VALUES ($1, coalesce($2::text[], '{}'), coalesce($3, 'reject'), coalesce($4::interval, interval '60 seconds'))
+INSERT INTO dreamcatcher.worlds AS w (world, expected_streams, late_policy, close_after, max_frame_ahead,
+                                      idle_writer_timeout)
+VALUES ($1, coalesce($2::text[], '{}'), coalesce($3, 'reject'), coalesce($4::interval, interval '60 seconds'),
+        coalesce($5::bigint, 10000000), coalesce($6::interval, interval '30 seconds'))
 ON CONFLICT (world) DO UPDATE
    SET expected_streams = coalesce($2::text[], w.expected_streams),
        late_policy = coalesce($3, w.late_policy),
-       close_after = coalesce($4::interval, w.close_after)
-RETURNING w.world, w.expected_streams, w.late_policy, extract(epoch FROM w.close_after)::float8 AS close_after;
+       close_after = coalesce($4::interval, w.close_after),
+       max_frame_ahead = coalesce($5::bigint, w.max_frame_ahead),
+       idle_writer_timeout = coalesce($6::interval, w.idle_writer_timeout)
+RETURNING w.world, w.expected_streams, w.late_policy, extract(epoch FROM w.close_after)::float8 AS close_after,
+          w.max_frame_ahead, extract(epoch FROM w.idle_writer_timeout)::float8 AS idle_writer_timeout;
 
 -- name: try_leader_lock
 SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key($1));
@@ -34,12 +39,14 @@ SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key($1));
 -- $4: the merger's session, which holds the leader lock (the heartbeat may be sent from its
 -- other connection while the session is busy merging). Written only while that session
 -- still holds the lock: a merger that wakes up after its session was ended writes nothing.
-INSERT INTO dreamcatcher.mergers (world, holder, backend_pid, started_at, heartbeat_at)
-SELECT $1, $2, $4, $3, clock_timestamp()
+-- $5: the leader's own leader timeout (NULL: never end it), which standbys must respect.
+INSERT INTO dreamcatcher.mergers (world, holder, backend_pid, started_at, heartbeat_at, leader_timeout)
+SELECT $1, $2, $4, $3, clock_timestamp(), $5
  WHERE dreamcatcher.leader_lock_holder($1) = $4
 ON CONFLICT (world) DO UPDATE
    SET holder = excluded.holder, backend_pid = excluded.backend_pid,
-       started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at;
+       started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+       leader_timeout = excluded.leader_timeout;
 
 -- name: silent_leader
 -- $1 world, $2 seconds: the leader's backend when it has been silent that long (no row: none).
@@ -57,6 +64,14 @@ SELECT array_agg(l.pid ORDER BY l.pid) FROM pg_locks l, k
    AND l.classid = ((k.key >> 32) & 4294967295)::oid
    AND l.objid = (k.key & 4294967295)::oid;
 
+-- name: stuck_writers
+-- $1 world: sessions holding one of its fences, and whether they are idle past its limit.
+SELECT pid, application_name, usename, state, idle_for, xact_age, holds, over_limit
+FROM dreamcatcher.stuck_writers($1);
+
+-- name: end_stuck_writers
+SELECT dreamcatcher.end_stuck_writers($1);
+
 -- name: due_frames
 SELECT frame, reason FROM dreamcatcher.due_frames($1);
 
@@ -66,7 +81,7 @@ FROM dreamcatcher.frame_log f JOIN dreamcatcher.worlds w ON w.world = f.world
 WHERE f.world = $1 AND f.status = 'open';
 
 -- name: claim_next_frame
-SELECT dreamcatcher.claim_next_frame($1);
+SELECT dreamcatcher.claim_next_frame($1, $2);
 
 -- name: merge_frame
 SELECT dreamcatcher.merge_frame($1, $2)::text;

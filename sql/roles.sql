@@ -19,9 +19,11 @@
 --     not checked. Everybody else must own the stream (or the world).
 --   * A worker's payloads are limited per stream (stream_owners.max_payload_bytes), since a
 --     client-side limit binds only the clients that keep it.
---   * In this database, pg_notify and the advisory-lock functions are executable only by the
---     merger role and the schema owner (a worker holding a world's leader lock would stall
---     its merger). The NOTIFY command cannot be revoked; a notification is only a wake-up.
+--   * The entry points check who is asking before they take any lock (check_writer).
+--   * pg_notify and the advisory-lock functions stay executable by PUBLIC unless asked
+--     (--restrict-lock-functions): that would change the database for every application in it.
+--     A worker that takes a world's locks by hand is ended by the merger (see install_roles).
+--     The NOTIFY command cannot be revoked; a notification is only a wake-up.
 --   * Re-applying schema.sql (plain `init`) turns the three functions back into SECURITY
 --     INVOKER: workers then fail closed (42501) until `init --roles` runs again.
 
@@ -71,6 +73,29 @@ BEGIN
         JOIN pg_catalog.pg_roles r ON r.rolname = o.role_name
         WHERE o.world = p_world
           AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
+END $$;
+
+-- The entry points' first check, before any lock (see dreamcatcher.check_writer in schema.sql):
+-- the session's login role must own the stream (p_stream NULL: some stream of the world).
+-- A session whose login holds the table privilege itself is not checked (as in the triggers).
+CREATE OR REPLACE FUNCTION dreamcatcher.check_writer(p_world text, p_stream text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_stream IS NULL THEN
+        IF NOT has_table_privilege(session_user, 'dreamcatcher.frame_log', 'INSERT')
+           AND NOT has_any_column_privilege(session_user, 'dreamcatcher.frame_log', 'UPDATE')
+           AND NOT dreamcatcher.session_writes_world(p_world) THEN
+            RAISE EXCEPTION 'role % may not open or close frames of world %', session_user, quote_literal(p_world)
+                USING ERRCODE = '42501',
+                      HINT = 'A worker closes frames only in worlds where it owns a stream.';
+        END IF;
+    ELSIF NOT has_table_privilege(session_user, 'dreamcatcher.delta_log', 'INSERT')
+          AND dreamcatcher.session_stream_limit(p_world, p_stream) IS NULL THEN
+        RAISE EXCEPTION 'role % may not write stream % of world %',
+                        session_user, quote_literal(p_stream), quote_literal(p_world)
+            USING ERRCODE = '42501',
+                  HINT = 'The stream''s owner is set with dreamcatcher.grant_stream(world, stream_id, role).';
+    END IF;
 END $$;
 
 -- delta_log: every row of the statement must be of a stream the session owns.
@@ -139,7 +164,9 @@ CREATE OR REPLACE TRIGGER late_log_check_owner
 CREATE OR REPLACE FUNCTION dreamcatcher.tg_world_writer() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF has_table_privilege(session_user, TG_RELID, TG_OP) THEN
+    -- (the merger may UPDATE some columns of frame_log and worlds: column privileges)
+    IF has_table_privilege(session_user, TG_RELID, TG_OP)
+       OR (TG_OP = 'UPDATE' AND has_any_column_privilege(session_user, TG_RELID, 'UPDATE')) THEN
         RETURN NEW;  -- (a separate IF: the check function is not even looked up then)
     END IF;
     IF NOT dreamcatcher.session_writes_world(NEW.world) THEN
@@ -179,6 +206,14 @@ REVOKE EXECUTE ON FUNCTION dreamcatcher.copy_begin(text, text, bigint[], timesta
 ALTER FUNCTION dreamcatcher.end_silent_leader(text, float8)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.end_silent_leader(text, float8) FROM PUBLIC;
+-- the leader merger ends sessions idle while they hold a fence of its world (only those)
+ALTER FUNCTION dreamcatcher.end_stuck_writers(text)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.end_stuck_writers(text) FROM PUBLIC;
+-- the merger's own work (a worker could otherwise take the world lock through the claim)
+REVOKE EXECUTE ON FUNCTION dreamcatcher.claim_next_frame(text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.merge_frame(text, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.ensure_frame(text, bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_stream_limit(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_owns_stream(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_writes_world(text) FROM PUBLIC;
@@ -222,7 +257,9 @@ REVOKE EXECUTE ON FUNCTION dreamcatcher.revoke_stream(text, text) FROM PUBLIC;
 -- grant them to login users). Roles are cluster-wide, privileges per database: run
 -- this in every database that holds a dreamcatcher schema. Returns the role names.
 -- ---------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION dreamcatcher.install_roles(p_prefix text) RETURNS text[]
+DROP FUNCTION IF EXISTS dreamcatcher.install_roles(text);
+CREATE OR REPLACE FUNCTION dreamcatcher.install_roles(p_prefix text, p_restrict_lock_functions boolean DEFAULT false)
+RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_reader text := p_prefix || '_reader';
@@ -276,20 +313,39 @@ BEGIN
 
     -- merger: reads everything, writes the state, never the log
     EXECUTE format('GRANT %I TO %I', v_reader, v_merger);
+    -- (only the columns the merge writes: the merger does not configure worlds)
+    -- (a REVOKE of the table-wide grants of earlier versions; it takes the column grants with it)
+    EXECUTE format('REVOKE UPDATE ON dreamcatcher.frame_log, dreamcatcher.worlds, dreamcatcher.entity_versions, '
+                   'dreamcatcher.mergers FROM %I', v_merger);
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA dreamcatcher TO %I', v_merger);
-    EXECUTE format('GRANT INSERT, UPDATE ON dreamcatcher.entity_versions, dreamcatcher.mergers TO %I', v_merger);
+    EXECUTE format('GRANT INSERT ON dreamcatcher.entity_versions, dreamcatcher.mergers TO %I', v_merger);
+    EXECUTE format('GRANT UPDATE (valid_to) ON dreamcatcher.entity_versions TO %I', v_merger);
+    EXECUTE format('GRANT UPDATE (holder, backend_pid, started_at, heartbeat_at, leader_timeout) '
+                   'ON dreamcatcher.mergers TO %I', v_merger);
     EXECUTE format('GRANT INSERT ON dreamcatcher.quarantine_log, dreamcatcher.deferred_log TO %I', v_merger);
-    EXECUTE format('GRANT UPDATE ON dreamcatcher.frame_log, dreamcatcher.worlds TO %I', v_merger);
+    EXECUTE format('GRANT UPDATE (status, merged_at, delta_count, state_acc, state_hash, stats) '
+                   'ON dreamcatcher.frame_log TO %I', v_merger);
+    EXECUTE format('GRANT UPDATE (horizon) ON dreamcatcher.worlds TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.end_silent_leader(text, float8) TO %I', v_merger);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.end_stuck_writers(text),'
+                   ' dreamcatcher.claim_next_frame(text, integer), dreamcatcher.merge_frame(text, bigint)'
+                   ' TO %I', v_merger);
     -- (the merge needs no temporary table any more; mergers of earlier versions, still running
     -- during an upgrade, do)
     EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), v_merger);
 
     -- NOTIFY and advisory locks: pg_notify and the lock functions are executable by PUBLIC.
-    -- A worker holding a world's leader lock (or its world lock) would stall the merger
-    -- for as long as it likes, so in this database only the merger and the schema owner
-    -- may call them. The NOTIFY command itself cannot be revoked (see docs: Roles).
+    -- A worker that takes a world's locks by hand can hold up its merger until the merger ends
+    -- its session (a silent leader-lock holder after the leader timeout, an idle fence holder
+    -- after the world's idle_writer_timeout). Only when asked (p_restrict_lock_functions,
+    -- `init --roles --restrict-lock-functions`), since it changes what every application
+    -- using this database may call, are the functions revoked from PUBLIC in this database
+    -- and granted to the merger and the schema owner. The NOTIFY command itself cannot be
+    -- revoked (see docs: Roles).
+    IF NOT p_restrict_lock_functions THEN
+        RETURN ARRAY[v_worker, v_merger, v_reader];
+    END IF;
     SELECT p.proowner::regrole::name INTO v_owner FROM pg_proc p
      WHERE p.oid = 'dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb)'::regprocedure;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
@@ -308,4 +364,4 @@ BEGIN
     RETURN ARRAY[v_worker, v_merger, v_reader];
 END $$;
 
-REVOKE EXECUTE ON FUNCTION dreamcatcher.install_roles(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.install_roles(text, boolean) FROM PUBLIC;

@@ -19,6 +19,19 @@ CREATE TABLE IF NOT EXISTS dreamcatcher.worlds (
     horizon          bigint,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
+-- What one writer may make a world wait for (docs/guarantees.md, "What one writer can do"):
+--   max_frame_ahead      a frame may be opened (or closed) at most this far above the world's
+--                        merge horizon (before the first merge: above its lowest frame). The
+--                        default suits frames counted as ticks and as epoch seconds (115 days),
+--                        and refuses epoch milliseconds sent by mistake.
+--   idle_writer_timeout  a session that holds one of the world's fences (an insert or a close
+--                        in an open transaction) while idle for longer is ended by the merger:
+--                        its uncommitted deltas roll back (they were never acknowledged).
+ALTER TABLE dreamcatcher.worlds
+    ADD COLUMN IF NOT EXISTS max_frame_ahead bigint NOT NULL DEFAULT 10000000
+        CONSTRAINT worlds_max_frame_ahead_range CHECK (max_frame_ahead BETWEEN 1 AND 9007199254740991),
+    ADD COLUMN IF NOT EXISTS idle_writer_timeout interval NOT NULL DEFAULT interval '30 seconds'
+        CONSTRAINT worlds_idle_writer_timeout_positive CHECK (idle_writer_timeout > interval '0');
 
 -- ---------------------------------------------------------------------------
 -- The log. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE, and
@@ -112,6 +125,101 @@ CREATE TABLE IF NOT EXISTS dreamcatcher.late_log (
 );
 CREATE INDEX IF NOT EXISTS late_log_world ON dreamcatcher.late_log (world, frame);
 
+-- A retry of the same late delta counts as one more attempt of it, not as one more row.
+ALTER TABLE dreamcatcher.late_log
+    ADD COLUMN IF NOT EXISTS attempts bigint NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS last_attempt_at timestamptz;
+DO $$
+BEGIN
+    IF to_regclass('dreamcatcher.late_log_key') IS NULL THEN
+        -- (databases made before: fold the rows of one key into its first)
+        WITH dup AS (
+            SELECT l.id, first_value(l.id) OVER w AS keep, count(*) OVER w AS n,
+                   max(l.attempted_at) OVER w AS last_at
+            FROM dreamcatcher.late_log l
+            WINDOW w AS (PARTITION BY l.world, l.frame, l.stream_id, l.utc ORDER BY l.id
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+        ), kept AS (
+            UPDATE dreamcatcher.late_log l SET attempts = d.n, last_attempt_at = d.last_at
+            FROM dup d WHERE l.id = d.id AND d.id = d.keep AND d.n > 1
+        )
+        DELETE FROM dreamcatcher.late_log l USING dup d WHERE l.id = d.id AND d.id <> d.keep;
+        CREATE UNIQUE INDEX late_log_key ON dreamcatcher.late_log (world, frame, stream_id, utc);
+    END IF;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- What the log accepts: only what the merge can always merge, whoever writes it
+-- (the client, the SQL functions, COPY). Years 1-9999 (what every client
+-- language's clock holds; the merge turns a utc into microseconds), frames up to
+-- 2^53 - 1 (exact in every JSON reader), payloads up to 16 MiB as stored and
+-- nested at most 64 levels (as the client counts them: the object is level 1).
+-- Added NOT VALID to databases made before: rows already there are not re-read.
+-- ---------------------------------------------------------------------------
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM (VALUES
+        ('dreamcatcher.delta_log', 'delta_log_utc_range',
+         $c$CHECK (utc >= '0001-01-01 00:00:00+00' AND utc < '10000-01-01 00:00:00+00')$c$),
+        ('dreamcatcher.delta_log', 'delta_log_frame_range', 'CHECK (frame <= 9007199254740991)'),
+        ('dreamcatcher.delta_log', 'delta_log_payload_size', 'CHECK (pg_column_size(payload) <= 16777216)'),
+        ('dreamcatcher.delta_log', 'delta_log_payload_depth',
+         $c$CHECK (NOT jsonb_path_exists(payload, 'strict $.**{64 to last}'))$c$),
+        ('dreamcatcher.frame_log', 'frame_log_frame_range', 'CHECK (frame <= 9007199254740991)'),
+        ('dreamcatcher.late_log', 'late_log_utc_range',
+         $c$CHECK (utc >= '0001-01-01 00:00:00+00' AND utc < '10000-01-01 00:00:00+00')$c$),
+        ('dreamcatcher.late_log', 'late_log_payload_size', 'CHECK (pg_column_size(payload) <= 16777216)'),
+        ('dreamcatcher.late_log', 'late_log_payload_depth',
+         $c$CHECK (NOT jsonb_path_exists(payload, 'strict $.**{64 to last}'))$c$)
+    ) AS v(tbl, name, def) LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                       WHERE conrelid = c.tbl::regclass AND conname = c.name) THEN
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', c.tbl, c.name, c.def);
+        END IF;
+    END LOOP;
+END $$;
+
+-- The bounds of a frame number and of a utc, for the entry points' own checks (one message
+-- instead of a constraint's name; refused before any lock is taken).
+CREATE OR REPLACE FUNCTION dreamcatcher.check_delta_key(p_frame bigint, p_utc timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_frame IS NULL OR p_frame < 0 OR p_frame > 9007199254740991 THEN
+        RAISE EXCEPTION 'frame % is out of range: a frame is an integer in 0..9007199254740991 (2^53 - 1)',
+                        coalesce(p_frame::text, 'NULL')
+            USING ERRCODE = '22003';
+    END IF;
+    IF p_utc IS NOT NULL AND NOT (p_utc >= '0001-01-01 00:00:00+00' AND p_utc < '10000-01-01 00:00:00+00') THEN
+        RAISE EXCEPTION 'utc % is out of range: a delta''s utc is a time in the years 1 to 9999', p_utc
+            USING ERRCODE = '22008';
+    END IF;
+END $$;
+
+-- The fence reads what committed after its lock was granted: only READ COMMITTED gives a
+-- statement a snapshot taken after the lock. At REPEATABLE READ or SERIALIZABLE the snapshot
+-- is the transaction's first, and an insert could land in a frame that closed (and merged)
+-- since: refused.
+CREATE OR REPLACE FUNCTION dreamcatcher.refuse_isolation(p_what text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'dreamcatcher.% runs only at READ COMMITTED, not at %', p_what,
+                    upper(current_setting('transaction_isolation'))
+        USING ERRCODE = '0A000',
+              HINT = 'Call it outside an explicit transaction, or in one begun with ISOLATION LEVEL READ COMMITTED.';
+END $$;
+
+-- Who may write: a no-op here. `dreamcatcher init --roles` replaces it with the check of
+-- stream ownership (sql/roles.sql). The entry points call it first, before any lock, when the
+-- session runs them with rights other than its own (current_user <> session_user).
+-- p_stream NULL: may the session close frames of the world?
+CREATE OR REPLACE FUNCTION dreamcatcher.check_writer(p_world text, p_stream text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN;
+END $$;
+
 -- ---------------------------------------------------------------------------
 -- Projected state, versioned: one row per version of an entity. The current
 -- state is valid_to IS NULL; the state right after frame F is
@@ -167,6 +275,9 @@ CREATE TABLE IF NOT EXISTS dreamcatcher.mergers (
     started_at   timestamptz NOT NULL,
     heartbeat_at timestamptz NOT NULL
 );
+-- The leader's own leader timeout (its --leader-timeout): a standby ends its session only after
+-- that long without a heartbeat, whatever the standby's own setting. NULL: never.
+ALTER TABLE dreamcatcher.mergers ADD COLUMN IF NOT EXISTS leader_timeout float8;
 
 -- ---------------------------------------------------------------------------
 -- Lock keys. Collisions between keys only cost waiting, never correctness.
@@ -193,20 +304,25 @@ LANGUAGE sql STABLE AS $$
      LIMIT 1
 $$;
 
--- The backend holding a world's leader lock when its merger has sent no heartbeat for longer
--- than p_timeout seconds (a hung process keeps its session, and so the lock): its pid, holder
--- name and silence. No row: no leader, or a live one. A holder with no heartbeat row of its
--- own is timed from the start of its session.
+-- The backend holding a world's leader lock when it has been silent for longer than the leader
+-- timeout: its pid, holder name and silence. No row: no leader, or a live one. The timeout is
+-- the one the leader declared with its heartbeats (mergers.leader_timeout), never the caller's:
+-- a standby configured with a tiny timeout cannot end a healthy leader. A holder with no
+-- heartbeat row of its own (not a merger, or one that died before its first heartbeat) is timed
+-- from the start of its session, against the caller's timeout but at least 10 seconds.
 CREATE OR REPLACE FUNCTION dreamcatcher.silent_leader(p_world text, p_timeout float8)
 RETURNS TABLE (pid integer, holder text, silent_for float8)
 LANGUAGE sql STABLE AS $$
-    SELECT h.pid, m.holder,
-           extract(epoch FROM clock_timestamp() - coalesce(m.heartbeat_at, a.backend_start))::float8
+    SELECT h.pid, m.holder, s.silent_for
     FROM (SELECT dreamcatcher.leader_lock_holder(p_world) AS pid) h
     LEFT JOIN dreamcatcher.mergers m ON m.world = p_world AND m.backend_pid = h.pid
     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = h.pid
-    WHERE h.pid IS NOT NULL
-      AND coalesce(m.heartbeat_at, a.backend_start) < clock_timestamp() - make_interval(secs => p_timeout)
+    CROSS JOIN LATERAL (
+        SELECT extract(epoch FROM clock_timestamp() - coalesce(m.heartbeat_at, a.backend_start))::float8 AS silent_for,
+               CASE WHEN m.world IS NOT NULL THEN m.leader_timeout
+                    ELSE greatest(coalesce(p_timeout, 0), 10.0) END AS limit_s
+    ) s
+    WHERE h.pid IS NOT NULL AND s.limit_s IS NOT NULL AND s.silent_for > s.limit_s
 $$;
 
 -- End the session of a silent leader (see silent_leader) and wait, up to 10 s, until it is
@@ -285,21 +401,68 @@ END $$;
 -- Inserters hold a SHARED advisory lock on (world, frame) for their
 -- transaction; closing takes it EXCLUSIVE, so it waits for every in-flight
 -- insert of that frame to commit, and every later insert sees the frame
--- closed. Creating a frame holds the world lock SHARED; the merger's claim of
--- the next frame takes it EXCLUSIVE, so no frame can appear below the horizon.
+-- closed. A frame may not appear below the world's merge horizon: a new frame
+-- row is checked against the horizon when it is made and again when its
+-- transaction commits (frame_log_above_horizon, under the world lock, SHARED;
+-- the merger's claim of the next frame takes it EXCLUSIVE). So an open
+-- transaction holds only the fences of its own frames: never the world.
+--
+-- Every entry point first checks what needs no lock: the frame's range, the
+-- isolation level, who is asking (init --roles), and the size of a batch.
 -- ---------------------------------------------------------------------------
+
+-- The most deltas, and the most distinct frames, one call may append: each frame of a call
+-- holds a lock until COMMIT, and the lock table is shared by the whole server.
+CREATE OR REPLACE FUNCTION dreamcatcher.max_batch_deltas() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 10000 $$;
+CREATE OR REPLACE FUNCTION dreamcatcher.max_batch_frames() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 32 $$;
+
+-- The checks of a batch before any lock: lengths, sizes, frames and utcs in range.
+CREATE OR REPLACE FUNCTION dreamcatcher.check_batch(
+    p_what text, p_frames bigint[], p_utcs timestamptz[], p_payloads jsonb[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_frames integer;
+BEGIN
+    IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs)
+       OR (p_payloads IS NOT NULL AND cardinality(p_frames) IS DISTINCT FROM cardinality(p_payloads)) THEN
+        RAISE EXCEPTION '%: frames, utcs and payloads differ in length', p_what USING ERRCODE = '22023';
+    END IF;
+    IF cardinality(p_frames) > dreamcatcher.max_batch_deltas() THEN
+        RAISE EXCEPTION '%: % deltas in one call, over the limit of %', p_what, cardinality(p_frames),
+                        dreamcatcher.max_batch_deltas()
+            USING ERRCODE = '54000', HINT = 'Split the batch.';
+    END IF;
+    SELECT count(DISTINCT f) INTO v_frames FROM unnest(p_frames) f;
+    IF v_frames > dreamcatcher.max_batch_frames() THEN
+        RAISE EXCEPTION '%: one call spans % frames, over the limit of %', p_what, v_frames,
+                        dreamcatcher.max_batch_frames()
+            USING ERRCODE = '54000', HINT = 'Split the batch by frame.';
+    END IF;
+    -- (raises on the first frame or utc out of range)
+    PERFORM dreamcatcher.check_delta_key(x.f, coalesce(x.u, '-infinity'))
+       FROM unnest(p_frames, p_utcs) AS x(f, u)
+      WHERE f IS NULL OR f < 0 OR f > 9007199254740991 OR u IS NULL
+         OR NOT (u >= '0001-01-01 00:00:00+00' AND u < '10000-01-01 00:00:00+00');
+END $$;
 
 -- Make sure a frame row exists; returns its status, or 'late' when the frame
 -- is at or below the world's merge horizon. The caller holds the frame lock.
+-- A new frame more than the world's max_frame_ahead above its horizon (before
+-- the first merge: above its lowest frame) is refused: one far frame, once
+-- merged, would make every frame below it late for good.
 CREATE OR REPLACE FUNCTION dreamcatcher.ensure_frame(p_world text, p_frame bigint) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_horizon bigint;
+    v_ahead   bigint;
+    v_base    bigint;
     v_status  text;
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(dreamcatcher.world_lock_key(p_world));
     INSERT INTO dreamcatcher.worlds (world) VALUES (p_world) ON CONFLICT DO NOTHING;
-    SELECT horizon INTO v_horizon FROM dreamcatcher.worlds WHERE world = p_world;
+    SELECT horizon, max_frame_ahead INTO v_horizon, v_ahead FROM dreamcatcher.worlds WHERE world = p_world;
     SELECT status INTO v_status FROM dreamcatcher.frame_log WHERE world = p_world AND frame = p_frame;
     IF FOUND THEN
         RETURN v_status;
@@ -307,9 +470,50 @@ BEGIN
     IF v_horizon IS NOT NULL AND p_frame <= v_horizon THEN
         RETURN 'late';
     END IF;
+    v_base := coalesce(v_horizon, (SELECT min(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = p_world));
+    IF v_base IS NOT NULL AND p_frame > v_base + v_ahead THEN
+        RAISE EXCEPTION 'frame % is too far ahead in world %: more than % frames above %', p_frame,
+                        quote_literal(p_world), v_ahead,
+                        CASE WHEN v_horizon IS NULL THEN 'its lowest frame, ' || v_base
+                             ELSE 'its last merged frame, ' || v_base END
+            USING ERRCODE = 'DCF01',
+                  HINT = 'Frames of one world count one way (ticks, epoch seconds...). If the jump is meant, '
+                         'raise the world''s max_frame_ahead (dreamcatcher world WORLD --max-frame-ahead N).';
+    END IF;
     INSERT INTO dreamcatcher.frame_log (world, frame) VALUES (p_world, p_frame) ON CONFLICT DO NOTHING;
     SELECT status INTO v_status FROM dreamcatcher.frame_log WHERE world = p_world AND frame = p_frame;
     RETURN v_status;
+END $$;
+
+-- At COMMIT of a transaction that made a frame row: the frame must still be above the
+-- horizon, unless the same transaction merged it (an import, which loads and merges a log). Under the world lock (SHARED, held only for the commit), so no claim commits
+-- between this check and the commit. A claim that passed the frame while the transaction
+-- was open makes it fail (serialization_failure): nothing it wrote was acknowledged, and a
+-- retry finds the frame late. SECURITY DEFINER: deferred triggers run with the session's
+-- own rights, which (with init --roles) may not take locks.
+CREATE OR REPLACE FUNCTION dreamcatcher.tg_frame_above_horizon() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(dreamcatcher.world_lock_key(NEW.world));
+    IF EXISTS (SELECT 1 FROM dreamcatcher.worlds w
+               JOIN dreamcatcher.frame_log f ON f.world = w.world AND f.frame = NEW.frame
+               WHERE w.world = NEW.world AND w.horizon >= NEW.frame AND f.status <> 'merged') THEN
+        RAISE EXCEPTION 'frame % of world % was merged past while this transaction was open',
+                        NEW.frame, quote_literal(NEW.world)
+            USING ERRCODE = '40001',
+                  HINT = 'Retry: the frame is late now, and the world''s late policy decides.';
+    END IF;
+    RETURN NULL;
+END $$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'dreamcatcher.frame_log'::regclass
+                   AND tgname = 'frame_log_above_horizon') THEN
+        CREATE CONSTRAINT TRIGGER frame_log_above_horizon
+            AFTER INSERT ON dreamcatcher.frame_log DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION dreamcatcher.tg_frame_above_horizon();
+    END IF;
 END $$;
 
 -- The fence of a batch: take the shared lock of every frame of the batch (ascending, so two
@@ -357,6 +561,18 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Record an attempt to write a delta into a frame that had closed: one row per delta key,
+-- counting the attempts (a retry of the same late delta is one more attempt, not one more row).
+CREATE OR REPLACE FUNCTION dreamcatcher.note_late(
+    p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[], p_payloads jsonb[], p_policy text)
+RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO dreamcatcher.late_log AS l (world, frame, stream_id, utc, policy, payload)
+    SELECT p_world, x.f, p_stream, x.u, p_policy, x.p FROM unnest(p_frames, p_utcs, p_payloads) AS x(f, u, p)
+    ON CONFLICT (world, frame, stream_id, utc) DO UPDATE
+       SET attempts = l.attempts + 1, last_attempt_at = clock_timestamp()
+$$;
+
 -- Append a batch of deltas of one stream. One result per input, in input
 -- order: 'stored' | 'duplicate' | 'conflict' | 'late' | 'deferred' (the same
 -- words as append_delta). Late attempts are recorded in late_log whatever the
@@ -372,10 +588,13 @@ DECLARE
     v_first  integer[];
     i        integer;
 BEGIN
-    IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs)
-       OR cardinality(p_frames) IS DISTINCT FROM cardinality(p_payloads) THEN
-        RAISE EXCEPTION 'append_deltas: frames, utcs and payloads differ in length' USING ERRCODE = '22023';
+    IF current_user <> session_user THEN
+        PERFORM dreamcatcher.check_writer(p_world, p_stream);
     END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM dreamcatcher.refuse_isolation('append_deltas');
+    END IF;
+    PERFORM dreamcatcher.check_batch('append_deltas', p_frames, p_utcs, p_payloads);
     v_late := dreamcatcher.fence_frames(p_world, p_frames);
     SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
 
@@ -407,9 +626,11 @@ BEGIN
           ON d.world = p_world AND d.frame = i.frame AND d.stream_id = p_stream AND d.utc = i.utc
     ),
     late_noted AS (
-        INSERT INTO dreamcatcher.late_log (world, frame, stream_id, utc, policy, payload)
+        INSERT INTO dreamcatcher.late_log AS l (world, frame, stream_id, utc, policy, payload)
         SELECT p_world, i.frame, p_stream, i.utc, v_policy, i.payload
         FROM input i WHERE i.is_late AND i.ord NOT IN (SELECT e.ord FROM existing e)
+        ON CONFLICT (world, frame, stream_id, utc) DO UPDATE
+           SET attempts = l.attempts + 1, last_attempt_at = clock_timestamp()
     ),
     inserted AS (
         INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload, late)
@@ -466,9 +687,10 @@ BEGIN
     IF NOT pg_catalog.has_table_privilege('dreamcatcher.delta_log', 'INSERT') THEN
         RETURN 'denied';
     END IF;
-    IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs) THEN
-        RAISE EXCEPTION 'copy_begin: frames and utcs differ in length' USING ERRCODE = '22023';
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM dreamcatcher.refuse_isolation('copy_begin');
     END IF;
+    PERFORM dreamcatcher.check_batch('copy_begin', p_frames, p_utcs);
     IF cardinality(dreamcatcher.fence_frames(p_world, p_frames)) > 0 THEN
         RETURN 'exact';
     END IF;
@@ -487,6 +709,16 @@ DECLARE
     v_existing jsonb;
     v_expected boolean;
 BEGIN
+    IF current_user <> session_user THEN
+        PERFORM dreamcatcher.check_writer(p_world, p_stream);
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM dreamcatcher.refuse_isolation('append_delta');
+    END IF;
+    IF p_frame IS NULL OR p_frame < 0 OR p_frame > 9007199254740991 OR p_utc IS NULL
+       OR NOT (p_utc >= '0001-01-01 00:00:00+00' AND p_utc < '10000-01-01 00:00:00+00') THEN
+        PERFORM dreamcatcher.check_delta_key(p_frame, coalesce(p_utc, '-infinity'));
+    END IF;
     PERFORM pg_advisory_xact_lock_shared(dreamcatcher.frame_lock_key(p_world, p_frame));
     -- The common case in one statement: the frame is open and the key is new. The statement's
     -- snapshot is taken after the lock, so a close that committed before it is seen here.
@@ -516,8 +748,7 @@ BEGIN
     END IF;
     IF v_state <> 'open' THEN
         SELECT w.late_policy INTO v_policy FROM dreamcatcher.worlds w WHERE w.world = p_world;
-        INSERT INTO dreamcatcher.late_log (world, frame, stream_id, utc, policy, payload)
-        VALUES (p_world, p_frame, p_stream, p_utc, v_policy, p_payload);
+        PERFORM dreamcatcher.note_late(p_world, p_stream, ARRAY[p_frame], ARRAY[p_utc], ARRAY[p_payload], v_policy);
         IF v_policy <> 'defer' THEN
             RETURN 'late';
         END IF;
@@ -551,6 +782,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_state text;
 BEGIN
+    IF current_user <> session_user THEN
+        PERFORM dreamcatcher.check_writer(p_world, NULL);
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM dreamcatcher.refuse_isolation('close_frame');
+    END IF;
+    PERFORM dreamcatcher.check_delta_key(p_frame, NULL);
     PERFORM pg_advisory_xact_lock(dreamcatcher.frame_lock_key(p_world, p_frame));
     SELECT status INTO v_state FROM dreamcatcher.frame_log WHERE world = p_world AND frame = p_frame;
     IF NOT FOUND THEN
@@ -585,13 +823,24 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The merger's claim of the next frame to merge: the lowest frame not merged,
--- if it is closed. Raises the horizon so no new frame can open below it.
-CREATE OR REPLACE FUNCTION dreamcatcher.claim_next_frame(p_world text) RETURNS bigint
+-- if it is closed. Raises the horizon so no new frame can open below it. The
+-- world lock waits only for transactions that are committing a new frame row
+-- (the merger sets a lock_timeout all the same: see stuck_writers).
+-- p_lock_timeout_ms: give up (lock_not_available) after waiting that long for the world lock.
+DROP FUNCTION IF EXISTS dreamcatcher.claim_next_frame(text);
+CREATE OR REPLACE FUNCTION dreamcatcher.claim_next_frame(p_world text, p_lock_timeout_ms integer DEFAULT NULL)
+RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_frame  bigint;
     v_status text;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM dreamcatcher.refuse_isolation('claim_next_frame');
+    END IF;
+    IF p_lock_timeout_ms IS NOT NULL THEN
+        PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    END IF;
     PERFORM pg_advisory_xact_lock(dreamcatcher.world_lock_key(p_world));
     SELECT f.frame, f.status INTO v_frame, v_status
       FROM dreamcatcher.frame_log f
@@ -603,4 +852,59 @@ BEGIN
     UPDATE dreamcatcher.worlds SET horizon = greatest(coalesce(horizon, -1), v_frame)
      WHERE world = p_world AND horizon IS DISTINCT FROM greatest(coalesce(horizon, -1), v_frame);
     RETURN v_frame;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Stuck writers: sessions that hold one of a world's fences (the world lock, or
+-- the lock of a frame not merged yet) while they do nothing. The merger ends
+-- those idle for longer than the world's idle_writer_timeout (end_stuck_writers):
+-- an idle transaction rolls back, and what it had appended was never
+-- acknowledged. A session running a statement is not idle and is left alone
+-- (bound those with statement_timeout: docs/operations.md).
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.stuck_writers(p_world text)
+RETURNS TABLE (pid integer, application_name text, usename text, state text, idle_for float8,
+               xact_age float8, holds text[], over_limit boolean)
+LANGUAGE sql STABLE AS $$
+    WITH keys AS (
+        SELECT dreamcatcher.world_lock_key(p_world) AS key, 'world' AS what
+        UNION ALL
+        SELECT dreamcatcher.frame_lock_key(p_world, f.frame), 'frame ' || f.frame
+        FROM dreamcatcher.frame_log f WHERE f.world = p_world AND f.status <> 'merged'
+    ), held AS (
+        SELECT l.pid, array_agg(DISTINCT k.what ORDER BY k.what) AS holds
+        FROM pg_catalog.pg_locks l JOIN keys k
+          ON l.classid = ((k.key >> 32) & 4294967295)::oid AND l.objid = (k.key & 4294967295)::oid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+          AND l.pid <> pg_catalog.pg_backend_pid()
+        GROUP BY l.pid
+    )
+    SELECT h.pid, a.application_name::text, a.usename::text, a.state::text,
+           extract(epoch FROM clock_timestamp() - a.state_change)::float8,
+           extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
+           h.holds,
+           a.state IN ('idle', 'idle in transaction', 'idle in transaction (aborted)')
+               AND a.state_change < clock_timestamp() - w.idle_writer_timeout
+    FROM held h
+    JOIN pg_catalog.pg_stat_activity a ON a.pid = h.pid
+    LEFT JOIN dreamcatcher.worlds w ON w.world = p_world
+    ORDER BY h.pid
+$$;
+
+-- End the stuck writers of a world that have been idle for longer than its idle_writer_timeout;
+-- returns the pids ended. With `init --roles` this runs with its owner's rights, for members
+-- of the merger role: it ends nothing but sessions idle while holding this world's fences.
+CREATE OR REPLACE FUNCTION dreamcatcher.end_stuck_writers(p_world text) RETURNS integer[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ended integer[] := '{}';
+    r       record;
+BEGIN
+    FOR r IN SELECT s.pid FROM dreamcatcher.stuck_writers(p_world) s WHERE s.over_limit LOOP
+        IF pg_catalog.pg_terminate_backend(r.pid, 5000) THEN
+            v_ended := v_ended || r.pid;
+        END IF;
+    END LOOP;
+    RETURN v_ended;
 END $$;

@@ -339,7 +339,7 @@ async def test_a_heartbeat_is_written_only_for_the_session_that_holds_the_lock(d
     async with connection(dreamcatcher_dsn) as conn, connection(dreamcatcher_dsn) as session:
         assert await session.fetchval(query("try_leader_lock"), WORLD)
         pid = session.get_server_pid()
-        await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid)  # from another connection
+        await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid, 30.0)  # from another connection
         assert (
             await conn.fetchval("SELECT backend_pid FROM dreamcatcher.mergers WHERE world = $1", WORLD) == pid
         )
@@ -347,8 +347,8 @@ async def test_a_heartbeat_is_written_only_for_the_session_that_holds_the_lock(d
         async with connection(dreamcatcher_dsn) as new_session:
             assert await new_session.fetchval(query("try_leader_lock"), WORLD)
             new_pid = new_session.get_server_pid()
-            await conn.execute(query("heartbeat"), WORLD, "new:2", started, new_pid)
+            await conn.execute(query("heartbeat"), WORLD, "new:2", started, new_pid, 30.0)
             before = await conn.fetchrow("SELECT * FROM dreamcatcher.mergers WHERE world = $1", WORLD)
-            await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid)  # the late one
+            await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid, 30.0)  # the late one
             after = await conn.fetchrow("SELECT * FROM dreamcatcher.mergers WHERE world = $1", WORLD)
             assert dict(after) == dict(before) and after["backend_pid"] == new_pid

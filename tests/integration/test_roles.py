@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -441,15 +442,7 @@ async def test_worker_cannot_touch_the_log_the_state_the_locks_or_the_roles(cast
             "SELECT dreamcatcher.ensure_frame('w', 99)",
             "SELECT * FROM dreamcatcher.frame_log FOR UPDATE",
             "LOCK TABLE dreamcatcher.frame_log IN EXCLUSIVE MODE",
-            # locks that would stall the merger, and the merger's notifications
-            "SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key('w'))",
-            "SELECT pg_advisory_lock(dreamcatcher.leader_lock_key('w'))",
-            "SELECT pg_advisory_lock_shared(dreamcatcher.world_lock_key('w'))",
-            "SELECT pg_advisory_xact_lock(dreamcatcher.world_lock_key('w'))",
-            "SELECT pg_try_advisory_xact_lock_shared(dreamcatcher.frame_lock_key('w', 2))",
-            "SELECT pg_try_advisory_lock(1, 2)",
-            "SELECT pg_notify('dreamcatcher_merged', 'w:1')",
-            "SELECT pg_notify('dreamcatcher_work', 'w:2:closed')",
+            # (the advisory locks and pg_notify: see test_restricted_lock_functions...)
             # ownership and roles
             "SELECT dreamcatcher.grant_stream('w', 's2', session_user)",
             "SELECT dreamcatcher.revoke_stream('w', 's2')",
@@ -485,6 +478,68 @@ async def test_worker_cannot_touch_the_log_the_state_the_locks_or_the_roles(cast
         assert await admin.fetchval("SELECT count(*) FROM dreamcatcher.entity_versions") == 1
 
 
+LOCK_STATEMENTS = [
+    # locks that would hold up the merger, and the merger's notifications
+    "SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key('w'))",
+    "SELECT pg_advisory_lock(dreamcatcher.leader_lock_key('w'))",
+    "SELECT pg_advisory_lock_shared(dreamcatcher.world_lock_key('w'))",
+    "SELECT pg_advisory_xact_lock(dreamcatcher.world_lock_key('w'))",
+    "SELECT pg_try_advisory_xact_lock_shared(dreamcatcher.frame_lock_key('w', 2))",
+    "SELECT pg_try_advisory_lock(1, 2)",
+    "SELECT pg_notify('dreamcatcher_merged', 'w:1')",
+    "SELECT pg_notify('dreamcatcher_work', 'w:2:closed')",
+]
+LOCK_FUNCTIONS = (
+    "SELECT p.oid::regprocedure::text, p.proacl::text FROM pg_proc p"
+    " WHERE p.pronamespace = 'pg_catalog'::regnamespace"
+    " AND (p.proname = 'pg_notify' OR p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$') ORDER BY 1"
+)
+
+
+async def test_init_roles_changes_no_function_outside_its_schema(cast: Cast) -> None:
+    """Without --restrict-lock-functions, pg_notify and the advisory-lock functions keep their
+    rights (other applications of the database may use them): a worker may call them."""
+    async with connect(cast.dsn) as admin:
+        before = [tuple(r) for r in await admin.fetch(LOCK_FUNCTIONS)]
+        assert all(acl == "None" or acl is None for _, acl in before), before  # the defaults: PUBLIC
+    prefix = cast.names.worker.removesuffix("_worker")
+    assert (
+        await asyncio.to_thread(run_cli, ["--dsn", cast.dsn, "init", "--roles", "--role-prefix", prefix]) == 0
+    )
+    async with connect(cast.dsn) as admin:
+        assert [tuple(r) for r in await admin.fetch(LOCK_FUNCTIONS)] == before
+    async with connect(cast.url(cast.worker)) as conn:
+        for statement in LOCK_STATEMENTS:
+            async with conn.transaction():
+                await conn.execute(statement)
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+
+
+async def test_restricted_lock_functions_are_the_mergers_only(cast: Cast) -> None:
+    """`init --roles --restrict-lock-functions` (as a superuser): only the merger and the schema
+    owner may call pg_notify and the advisory-lock functions in this database."""
+    prefix = cast.names.worker.removesuffix("_worker")
+    argv = ["--dsn", cast.dsn, "init", "--roles", "--role-prefix", prefix, "--restrict-lock-functions"]
+    assert await asyncio.to_thread(run_cli, argv) == 0
+    async with connect(cast.url(cast.worker)) as conn:
+        for statement in LOCK_STATEMENTS:
+            await refused(conn, statement)
+    async with connect(cast.url(cast.merger)) as conn:
+        for statement in LOCK_STATEMENTS:
+            async with conn.transaction():
+                await conn.execute(statement)
+    # the worker's own path takes its locks through the SECURITY DEFINER entry points
+    async with DeltaClient.connect(cast.url(cast.worker), stream_id="s1", world=W) as dc:
+        assert (await dc.insert_delta(5, {"posts_created": [5]}, utc=at(5))).status == "stored"
+        assert await dc.close_frame(5) == "closed"
+    async with connect(cast.dsn) as admin:
+        acls = [acl for _, acl in await admin.fetch(LOCK_FUNCTIONS)]
+    # no grant to PUBLIC (an entry with no grantee: "=X/owner"), one to the merger role
+    assert acls and all(
+        re.search(r"[{,]=X/", acl) is None and f"{cast.names.merger}=X/" in acl for acl in acls
+    )
+
+
 async def test_notify_cannot_be_revoked_but_a_spoofed_one_changes_nothing(cast: Cast) -> None:
     async with DeltaClient.connect(cast.url(cast.worker), stream_id="s1", world=W) as dc:
         await dc.insert_delta(5, {"posts_created": [5]}, utc=at(1))
@@ -494,7 +549,7 @@ async def test_notify_cannot_be_revoked_but_a_spoofed_one_changes_nothing(cast: 
             # the NOTIFY command needs no privilege at all: PostgreSQL has no way to refuse it
             await conn.execute("NOTIFY dreamcatcher_merged, 'w:5'")
             await conn.execute("NOTIFY dreamcatcher_work, 'w:5:closed'")
-            await refused(conn, "SELECT pg_notify('dreamcatcher_merged', 'w:5')")
+            await conn.execute("SELECT pg_notify('dreamcatcher_merged', 'w:5')")  # (unless restricted)
         # a notification is a wake-up, never the data: the waiter looks, and goes on waiting
         with pytest.raises(TimeoutError):
             await waiter
@@ -644,8 +699,8 @@ async def test_reader_reads_views_and_time_travel_and_writes_nothing(cast: Cast)
             "UPDATE dreamcatcher.entity_versions SET data = '{}'",
             "DELETE FROM dreamcatcher.entity_versions",
             "SELECT dreamcatcher.merge_frame('w', 1)",
-            "SELECT pg_notify('dreamcatcher_merged', 'w:1')",
-            "SELECT pg_try_advisory_lock(dreamcatcher.leader_lock_key('w'))",
+            "SELECT dreamcatcher.claim_next_frame('w')",
+            "SELECT dreamcatcher.end_stuck_writers('w')",
             # the views, not the tables behind them
             "SELECT * FROM dreamcatcher.delta_log",
             "SELECT * FROM dreamcatcher.frame_log",

@@ -378,6 +378,7 @@ async def test_strange_but_valid_content_is_stored_verbatim_and_merged(
     async with DeltaClient.connect(
         "", stream_id=stream, world=world, pool=pool, max_payload_bytes=size_limit
     ) as dc:
+        await dc.configure_world(max_frame_ahead=MAX_FRAME)  # (a world whose frames may jump that far)
         receipt = await dc.insert_delta(1, payload, utc=datetime(1, 1, 2, tzinfo=UTC))  # early in year 1
         assert receipt.status == "stored"
         assert await stored_equals(pool, receipt, payload)

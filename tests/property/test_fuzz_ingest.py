@@ -22,6 +22,7 @@ from dc_strategies import RULES, db_settings, json_values, merge, new_world
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dreamcatcher_pg.client import configure_world
 from dreamcatcher_pg.ingest import IngestReport, ingest_directory
 from dreamcatcher_pg.models import MAX_FRAME
 
@@ -269,9 +270,13 @@ async def test_named_nasty_files_are_quarantined_and_the_rest_merges(
     os.close(os.open(os.fsencode(directory) + b"/frame-2-\xff\xfe.json", os.O_CREAT | os.O_WRONLY, 0o644))
     (directory / "frame-2-dir.json").mkdir()
     (directory / "frame-2-link.json").symlink_to(directory / "nowhere")
-    report = await ingest_directory(
-        dreamcatcher_dsn, directory, new_world("named"), timeout=20, max_bytes=LIMIT
-    )
+    world = new_world("named")
+    conn = await asyncpg.connect(dreamcatcher_dsn)  # (its frames jump from 1 to the largest one)
+    try:
+        await configure_world(conn, world, max_frame_ahead=MAX_FRAME)
+    finally:
+        await conn.close()
+    report = await ingest_directory(dreamcatcher_dsn, directory, world, timeout=20, max_bytes=LIMIT)
     await check_report(dreamcatcher_dsn, report, json_files + 1)
 
     unreadable = {u["file"] for u in report.unreadable}

@@ -49,7 +49,7 @@ def test_bad_frame_is_refused_naming_frame(frame: Any) -> None:
 
 def test_frame_bounds_are_accepted() -> None:
     assert prepare(0, {}).frame == 0
-    assert prepare(MAX_FRAME, {}).frame == MAX_FRAME == 2**63 - 1
+    assert prepare(MAX_FRAME, {}).frame == MAX_FRAME == 2**53 - 1
 
 
 # -- payload ---------------------------------------------------------------------
