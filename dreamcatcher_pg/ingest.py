@@ -39,7 +39,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
+import stat
 import sys
 import unicodedata
 from collections import defaultdict
@@ -307,27 +309,33 @@ def read_directory(
     max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[ParsedDelta | Unreadable], int, int]:
-    """Parse every ``*.json`` file of ``directory`` (not recursive, sorted by name).
+    """Parse every regular ``*.json`` file of ``directory`` (not recursive, sorted by name).
 
+    Symbolic links are never followed and other entries that are not regular files (a
+    directory, a FIFO, a device) are never opened: they are counted as ignored, and a link
+    named like a delta file is logged (its target could be any file the process may read).
+    A file is opened without following links and read no further than ``max_bytes``.
     Returns (parsed files, entries seen, entries ignored). ``on_progress(done, total)``
     is called after each file.
     """
     if not directory.is_dir():
         raise NotADirectoryError(f"{directory} is not a directory")
-    entries = sorted(directory.iterdir(), key=lambda p: p.name)
-    files = [p for p in entries if p.name.lower().endswith(".json") and p.is_file()]
+    with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    files = []
+    for entry in entries:
+        if not entry.name.lower().endswith(".json"):
+            continue
+        if entry.is_symlink():
+            log.warning("%s: a symbolic link; not followed", _safe_text(entry.name))
+        elif entry.is_file(follow_symlinks=False):
+            files.append(Path(entry.path))
     results: list[ParsedDelta | Unreadable] = []
     for done, path in enumerate(files, 1):
         name = _safe_text(path.name)
         result: ParsedDelta | Unreadable
         try:
-            size = path.stat().st_size
-            if size > max_bytes:  # not even read
-                frame, stream = parse_file_name(name)
-                reason = f"the file is {size} bytes, over the limit of {max_bytes}"
-                result = Unreadable(name, "too_large", reason, frame, stream, None, size)
-            else:
-                result = parse_delta_file(name, path.read_bytes(), max_bytes=max_bytes)
+            result = _read_file(path, name, max_bytes)
         except OSError as exc:
             result = Unreadable(
                 name, "io", f"cannot read the file: {exc.strerror or exc}", *parse_file_name(name)
@@ -336,6 +344,26 @@ def read_directory(
         if on_progress is not None:
             on_progress(done, len(files))
     return results, len(entries), len(entries) - len(files)
+
+
+def _read_file(path: Path, name: str, max_bytes: int) -> ParsedDelta | Unreadable:
+    """One file, opened without following a link (a link swapped in since the directory was
+    listed fails to open), checked to be regular, and read up to ``max_bytes`` + 1 bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return Unreadable(name, "io", "not a regular file; not read", *parse_file_name(name))
+        if info.st_size > max_bytes:  # not even read
+            frame, stream = parse_file_name(name)
+            reason = f"the file is {info.st_size} bytes, over the limit of {max_bytes}"
+            return Unreadable(name, "too_large", reason, frame, stream, None, info.st_size)
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # (it grew since)
+        frame, stream = parse_file_name(name)
+        reason = f"the file is over {max_bytes} bytes, the limit"
+        return Unreadable(name, "too_large", reason, frame, stream, None, len(data))
+    return parse_delta_file(name, data, max_bytes=max_bytes)
 
 
 # -- the report -------------------------------------------------------------------

@@ -25,9 +25,11 @@ reads back (see its docstring for the round trip and its limits).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import tarfile
@@ -36,11 +38,11 @@ import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import asyncpg
 import orjson
@@ -48,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import __version__
 from .ingest import ParsedDelta, parse_delta_file
-from .models import validate_identity
+from .models import MAX_FRAME, validate_identity
 from .queries import query
 from .replay import (
     ConnOrDsn,
@@ -77,6 +79,12 @@ MEMBERS = {
 }
 BATCH = 2000
 MAX_MANIFEST_BYTES = 64 << 20
+#: The longest line a member may hold: one delta row of the largest payload the log accepts
+#: (16 MiB as stored), with room for JSON escapes.
+MAX_LINE_BYTES = 96 << 20
+#: The most an archive may make the reader read at once: a tar header (a pax header is read
+#: whole), the manifest, or a block of a line. Anything asking for more is refused unread.
+MAX_READ_BYTES = max(MAX_MANIFEST_BYTES, 1 << 20) + 1
 
 
 class SnapshotError(TimeTravelError):
@@ -252,16 +260,55 @@ def _write_archive(path: Path, manifest: dict[str, Any], members: Path) -> int:
 _DAMAGE = (tarfile.TarError, EOFError, zlib.error, OSError, UnicodeDecodeError, orjson.JSONDecodeError)
 
 
+class _BoundedReads(io.RawIOBase):
+    """The decompressed archive, for tarfile: a read of more than ``MAX_READ_BYTES`` at once
+    (a forged pax or long-name header declares any size, and tarfile reads it whole) is
+    refused before it happens."""
+
+    def __init__(self, path: Path, raw: gzip.GzipFile) -> None:
+        self.path, self.raw = path, raw
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_READ_BYTES:
+            raise SnapshotCorruptError(
+                f"{self.path}: the archive asks for a read of {size} bytes at once "
+                f"(a header or a member larger than {MAX_READ_BYTES} bytes); not read"
+            )
+        return self.raw.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 class _Archive:
     """Sequential reader of a snapshot archive (blocking; call from a thread)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tar = tarfile.open(path, mode="r:gz")  # noqa: SIM115 (closed by close())
-        self.manifest = self._manifest()
+        self.stream = _BoundedReads(path, gzip.open(path, "rb"))  # noqa: SIM115 (closed by close())
+        try:
+            self.tar = tarfile.open(fileobj=cast(IO[bytes], self.stream), mode="r:")  # noqa: SIM115
+            self.manifest = self._manifest()
+        except BaseException:
+            self.stream.close()
+            raise
 
     def close(self) -> None:
         self.tar.close()
+        self.stream.close()
 
     def _manifest(self) -> Manifest:
         first = self.tar.next()
@@ -269,7 +316,7 @@ class _Archive:
             raise SnapshotFormatError(f"{self.path}: not a dreamcatcher snapshot (no {MANIFEST} first)")
         if first.size > MAX_MANIFEST_BYTES:
             raise SnapshotCorruptError(f"{self.path}: {MANIFEST} is {first.size} bytes, too large")
-        body = self._file(first).read()
+        body = self._file(first).read(MAX_MANIFEST_BYTES + 1)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -290,6 +337,9 @@ class _Archive:
                 f"{self.path}: the manifest lists members {sorted(manifest.members)}, "
                 f"expected {sorted(MEMBERS)}"
             )
+        problem = manifest_problem(manifest)
+        if problem is not None:
+            raise SnapshotCorruptError(f"{self.path}: {MANIFEST}: {problem}")
         return manifest
 
     def _file(self, member: tarfile.TarInfo) -> IO[bytes]:
@@ -320,11 +370,20 @@ class _Archive:
 
     def _batches(self, member: tarfile.TarInfo) -> Iterator[list[bytes]]:
         expected = self.manifest.members[member.name]
+        if member.size != expected.bytes:  # (before a byte of it is read)
+            raise SnapshotCorruptError(
+                f"{self.path}: member {member.name} is {member.size} bytes, "
+                f"the manifest says {expected.bytes}"
+            )
         digest = hashlib.sha256()
         size = lines = 0
         handle = self._file(member)
         batch: list[bytes] = []
-        for line in handle:
+        while line := handle.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise SnapshotCorruptError(
+                    f"{self.path}: member {member.name} has a line longer than {MAX_LINE_BYTES} bytes"
+                )
             digest.update(line)
             size += len(line)
             lines += 1
@@ -340,6 +399,55 @@ class _Archive:
             )
         if batch:
             yield batch
+
+
+#: The values of a world's configuration an import takes from a manifest, and their checks.
+_CONFIG_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "late_policy": lambda v: v in ("reject", "defer"),
+    "expected_streams": lambda v: isinstance(v, list) and all(_is_name(s) for s in v),
+    "close_after": lambda v: _is_number(v) and 0 < v < 1e9,
+    "max_frame_ahead": lambda v: type(v) is int and 1 <= v <= MAX_FRAME,
+    "idle_writer_timeout": lambda v: _is_number(v) and 0 < v < 1e9,
+}
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def manifest_problem(manifest: Manifest) -> str | None:
+    """What is wrong with the values of a manifest that an import uses, or None. The frames and
+    hashes are checked again against the log when it is merged; these are the values taken
+    as they are (the world, its configuration, the frame, the last merged frame)."""
+    if not _is_name(manifest.world):
+        return f"world {manifest.world!r} is not a world name"
+    if not 0 <= manifest.frame <= MAX_FRAME:
+        return f"frame {manifest.frame} is out of range"
+    try:
+        listed = sorted(int(f) for f in manifest.frames)
+    except ValueError:
+        return "frames lists a frame that is not an integer"
+    if any(not 0 <= f <= manifest.frame for f in listed) or len(set(listed)) != len(listed):
+        return "frames lists a frame out of range, or one twice"
+    last = listed[-1] if listed else None
+    if manifest.last_merged_frame != last:
+        return f"last_merged_frame is {manifest.last_merged_frame}, but the last frame it lists is {last}"
+    if manifest.state_hash != (manifest.frames[str(last)] if last is not None else None):
+        return "state_hash is not the hash of the last frame it lists"
+    if any(not re.fullmatch(r"[0-9a-f]{16}", h) for h in manifest.frames.values()):
+        return "a frame's state hash is not 16 hex digits"
+    for key, value in manifest.world_config.items():
+        check = _CONFIG_CHECKS.get(key)
+        if check is not None and value is not None and not check(value):
+            return f"world_config.{key} = {value!r} is not a valid setting"
+    for name, info in manifest.members.items():
+        if not re.fullmatch(r"[0-9a-f]{64}", info.sha256) or info.bytes < 0 or info.lines < 0:
+            return f"member {name}: sha256, bytes or lines are malformed"
+    return None
 
 
 def _damage(path: Path, exc: BaseException) -> SnapshotCorruptError:
@@ -411,16 +519,17 @@ async def import_snapshot(
             raise WorldNotEmptyError(
                 f"world {target!r} already has data in this database; import into a new world (--world NEW)"
             )
-        cfg = manifest.world_config
+        cfg = manifest.world_config  # (each value checked by manifest_problem)
         await conn.execute(
-            query("snapshot_import_world"), target, cfg.get("late_policy", "reject"),
+            query("snapshot_import_world"), target, cfg.get("late_policy") or "reject",
             list(cfg.get("expected_streams") or []), float(cfg.get("close_after") or 60.0),
+            int(cfg.get("max_frame_ahead") or 10_000_000), float(cfg.get("idle_writer_timeout") or 30.0),
         )  # fmt: skip
         frames, quarantined = await _load(conn, path, target)
         await _merge_and_check(conn, target, manifest, frames, on_progress)
         await _check_state(conn, target, manifest, quarantined)
-        if manifest.last_merged_frame is not None:
-            await conn.execute(query("snapshot_set_horizon"), target, manifest.last_merged_frame)
+        if frames:  # (the last frame merged here, which manifest_problem matched to last_merged_frame)
+            await conn.execute(query("snapshot_set_horizon"), target, int(frames[-1]["frame"]))
     report = SnapshotReport(
         str(path), target, manifest.frame, manifest.last_merged_frame, manifest.state_hash,
         len(frames), int(manifest.counts.get("deltas", 0)), int(manifest.counts.get("entities", 0)),

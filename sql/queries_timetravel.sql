@@ -98,7 +98,8 @@ ORDER BY 3, 1, coalesce(w.ekey, s.ekey) COLLATE "C"
 LIMIT $4;
 
 -- name: snapshot_world_config
-SELECT w.late_policy, w.expected_streams, extract(epoch FROM w.close_after)::float8 AS close_after
+SELECT w.late_policy, w.expected_streams, extract(epoch FROM w.close_after)::float8 AS close_after,
+       w.max_frame_ahead, extract(epoch FROM w.idle_writer_timeout)::float8 AS idle_writer_timeout
 FROM dreamcatcher.worlds w WHERE w.world = $1;
 
 -- name: snapshot_export_deltas
@@ -141,7 +142,8 @@ ORDER BY q.id;
 
 -- name: snapshot_export_late
 SELECT jsonb_build_object('frame', l.frame, 'stream_id', l.stream_id, 'utc', l.utc, 'policy', l.policy,
-                          'payload', l.payload, 'attempted_at', l.attempted_at)::text
+                          'payload', l.payload, 'attempted_at', l.attempted_at, 'attempts', l.attempts,
+                          'last_attempt_at', l.last_attempt_at)::text
 FROM dreamcatcher.late_log l
 WHERE l.world = $1 AND l.frame <= $2
 ORDER BY l.id;
@@ -168,8 +170,9 @@ SELECT EXISTS (SELECT 1 FROM dreamcatcher.delta_log WHERE world = $1)
 
 -- name: snapshot_import_world
 -- An existing (empty) world keeps its configuration.
-INSERT INTO dreamcatcher.worlds (world, late_policy, expected_streams, close_after)
-VALUES ($1, $2, $3::text[], make_interval(secs => $4))
+INSERT INTO dreamcatcher.worlds (world, late_policy, expected_streams, close_after, max_frame_ahead,
+                                 idle_writer_timeout)
+VALUES ($1, $2, $3::text[], make_interval(secs => $4), $5, make_interval(secs => $6))
 ON CONFLICT (world) DO NOTHING;
 
 -- name: snapshot_import_deltas
@@ -200,11 +203,20 @@ WHERE j -> 'merged_in' = 'null'::jsonb
 ORDER BY t.n;
 
 -- name: snapshot_import_late
-INSERT INTO dreamcatcher.late_log (world, frame, stream_id, utc, policy, payload, attempted_at)
-SELECT $1, (j ->> 'frame')::bigint, j ->> 'stream_id', (j ->> 'utc')::timestamptz, j ->> 'policy',
-       j -> 'payload', (j ->> 'attempted_at')::timestamptz
-FROM unnest($2::text[]) WITH ORDINALITY AS t(line, n) CROSS JOIN LATERAL (SELECT t.line::jsonb AS j) x
-ORDER BY t.n;
+-- (archives of earlier versions may list one attempt of a key per line: they add up)
+INSERT INTO dreamcatcher.late_log AS l (world, frame, stream_id, utc, policy, payload, attempted_at, attempts,
+                                        last_attempt_at)
+SELECT $1, x.frame, x.stream_id, x.utc, (array_agg(x.policy ORDER BY x.n))[1], (array_agg(x.payload ORDER BY x.n))[1],
+       min(x.attempted_at), sum(x.attempts), nullif(max(coalesce(x.last_attempt_at, x.attempted_at)), min(x.attempted_at))
+FROM (SELECT t.n, (j ->> 'frame')::bigint AS frame, j ->> 'stream_id' AS stream_id, (j ->> 'utc')::timestamptz AS utc,
+             j ->> 'policy' AS policy, j -> 'payload' AS payload, (j ->> 'attempted_at')::timestamptz AS attempted_at,
+             coalesce((j ->> 'attempts')::bigint, 1) AS attempts, (j ->> 'last_attempt_at')::timestamptz AS last_attempt_at
+      FROM unnest($2::text[]) WITH ORDINALITY AS t(line, n) CROSS JOIN LATERAL (SELECT t.line::jsonb AS j) y) x
+GROUP BY x.frame, x.stream_id, x.utc
+ORDER BY min(x.n)
+ON CONFLICT (world, frame, stream_id, utc) DO UPDATE
+   SET attempts = l.attempts + excluded.attempts,
+       last_attempt_at = greatest(l.last_attempt_at, excluded.last_attempt_at, excluded.attempted_at);
 
 -- name: snapshot_merge_quarantine
 -- The quarantine rows the merges of world $1 wrote, in the export's line shape (minus noted_at).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -311,3 +312,25 @@ def test_cli_exit_status_when_frames_do_not_merge(
     assert main(argv) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["frames_unmerged"] == [9] and doc["blocked_by"] == 3
+
+
+async def test_links_and_special_files_are_never_read(dreamcatcher_dsn: str, tmp_path: Path) -> None:
+    """A `frame-1-x.json` link to some other file (credentials, say) must not put that file's
+    text in the log or the quarantine, which every reader of the world may read; nor is a FIFO
+    opened (it would block the ingest)."""
+    secret = tmp_path / "credentials.json"
+    secret.write_bytes(orjson.dumps({"posts_created": [{"number": 9, "title": "password=hunter2"}]}))
+    directory = tmp_path / "deltas"
+    write(directory, "frame-1-good.json", {"posts_created": [{"number": 1, "title": "ok"}]})
+    (directory / "frame-1-x.json").symlink_to(secret)
+    (directory / "frame-1-notjson.json").symlink_to(tmp_path / "missing")
+    os.mkfifo(directory / "frame-1-fifo.json")
+    report = await asyncio.wait_for(ingest_directory(dreamcatcher_dsn, directory, "links"), 60)
+    assert report.stored == 1 and report.ignored == 3 and not report.unreadable
+    texts = await fetch(
+        dreamcatcher_dsn,
+        "SELECT payload::text AS t FROM dreamcatcher.delta_log UNION ALL"
+        " SELECT coalesce(item::text, '') || reason FROM dreamcatcher.quarantine_log",
+    )
+    assert not any("hunter2" in r["t"] for r in texts)
+    assert await value(dreamcatcher_dsn, "SELECT count(*) FROM dreamcatcher.posts") == 1

@@ -14,6 +14,7 @@ import io
 import os
 import secrets
 import tarfile
+import tracemalloc
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from test_replay import TABLES, W, build_world
 from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.ingest import ingest_directory, parse_file_name
+from dreamcatcher_pg.snapshot import MAX_LINE_BYTES, check_archive
 from dreamcatcher_pg.testing import database_dsn
 from dreamcatcher_pg.timetravel import (
     ExportDirError,
@@ -502,3 +504,72 @@ def test_export_dir_command(
     assert "wrote 15 delta files of 5 frames" in text and "1 late (deferred)" in text
     assert main(["--dsn", dreamcatcher_dsn, "export-dir", "--world", W, str(out)]) == 1
     assert "already holds *.json files" in capsys.readouterr().err
+
+
+# -- a hostile archive: every value used is checked, every read bounded before it happens ------
+
+
+async def test_a_forged_last_merged_frame_is_refused(
+    dreamcatcher_server_dsn: str, archive: Path, tmp_path: Path
+) -> None:
+    """The horizon of the imported world comes from the frames merged, never from the manifest:
+    a forged last_merged_frame would make every later frame of the world late."""
+    manifest, files = read_members(archive)
+    manifest["last_merged_frame"] = 2**53 - 1
+    forged = tmp_path / "forged.tar.gz"
+    write_members(forged, manifest, files)
+    async with bare_database(dreamcatcher_server_dsn) as bare:
+        with pytest.raises(SnapshotCorruptError, match="last_merged_frame"):
+            await import_snapshot(bare, forged)
+        assert await table_counts(bare) == {}
+
+
+async def test_a_forged_world_setting_is_refused(
+    dreamcatcher_server_dsn: str, archive: Path, tmp_path: Path
+) -> None:
+    manifest, files = read_members(archive)
+    manifest["world_config"]["max_frame_ahead"] = -5
+    forged = tmp_path / "forged.tar.gz"
+    write_members(forged, manifest, files)
+    async with bare_database(dreamcatcher_server_dsn) as bare:
+        with pytest.raises(SnapshotCorruptError, match=r"world_config\.max_frame_ahead"):
+            await import_snapshot(bare, forged)
+        assert await table_counts(bare) == {}
+
+
+def _bomb(path: Path, header: bytes) -> Path:
+    """A gzip file whose tar stream starts with ``header`` followed by zeros (compresses to little)."""
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(header)
+        zeros = bytes(1 << 20)
+        for _ in range(130):
+            out.write(zeros)
+    return path
+
+
+def _tar_header(name: str, size: int, typeflag: bytes) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, typeflag
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+async def test_a_huge_tar_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A pax header declares its own size and tarfile reads it whole: 120 MiB is refused unread."""
+    bomb = _bomb(tmp_path / "bomb.tar.gz", _tar_header("././@PaxHeader", 120 << 20, tarfile.XHDTYPE))
+    tracemalloc.start()
+    try:
+        with pytest.raises(SnapshotCorruptError, match="asks for a read of"):
+            check_archive(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 << 20, f"{peak} bytes allocated to refuse it"
+
+
+async def test_a_line_longer_than_any_delta_is_refused(archive: Path, tmp_path: Path) -> None:
+    manifest, files = read_members(archive)
+    files["deltas.jsonl"] = b"0" * (MAX_LINE_BYTES + 10) + b"\n"
+    long_line = tmp_path / "long.tar.gz"
+    write_members(long_line, manifest, files)
+    with pytest.raises(SnapshotCorruptError, match="a line longer than"):
+        check_archive(long_line)
