@@ -86,6 +86,8 @@ class WorldCounts:
     frames_open: int
     merge_lag_frames: int
     merge_lag_seconds: float
+    #: sessions idle while they hold one of the world's fences: (pid, session name, idle seconds)
+    idle_fence_holders: tuple[tuple[int, str, float], ...] = ()
 
 
 class DatabaseRefresher:
@@ -129,6 +131,7 @@ class DatabaseRefresher:
         for world in self.worlds:
             row = await self._conn.fetchrow(query("metrics_world"), world, self._merged_through.get(world))
             assert row is not None
+            holders = await self._conn.fetch(query("stuck_writers"), world)
             merged = self._merged_deltas.get(world, 0) + int(row["merged_deltas"])
             counts = WorldCounts(
                 deltas_ingested=merged + int(row["unmerged_deltas"]) + int(row["deferred_waiting"]),
@@ -137,6 +140,11 @@ class DatabaseRefresher:
                 frames_open=int(row["frames_open"]),
                 merge_lag_frames=int(row["frames_closed"]),
                 merge_lag_seconds=float(row["merge_lag_seconds"]),
+                idle_fence_holders=tuple(
+                    (int(h["pid"]), str(h["application_name"] or h["usename"] or ""), float(h["idle_for"]))
+                    for h in holders
+                    if str(h["state"]).startswith("idle")
+                ),
             )
             self._merged_deltas[world] = merged
             self._merged_through[world] = row["merged_through"]
@@ -241,6 +249,12 @@ class MergerCollector(Collector):
             "dreamcatcher_reconnects_total", "Times a merger lost its database connection.", "reconnects"
         )
         yield counter("dreamcatcher_merge_errors_total", "Merges that failed and were retried.", "errors")
+        yield counter(
+            "dreamcatcher_writers_ended_total",
+            "Sessions this process ended for holding a fence of the world while idle past its "
+            "idle_writer_timeout (their uncommitted deltas rolled back).",
+            "writers_ended",
+        )
         leader = GaugeMetricFamily(
             "dreamcatcher_leader", "1 while a merger of this process holds the world's leader lock.",
             labels=["world"],
@@ -285,6 +299,16 @@ class MergerCollector(Collector):
             for world, counts in sorted(snapshot.items()):
                 family.add_metric([world], float(value(counts)))
             yield family
+        holders = GaugeMetricFamily(
+            "dreamcatcher_fence_holder_idle_seconds",
+            "Sessions idle while they hold a fence of the world (a frame cannot close meanwhile): "
+            "seconds idle, by backend pid and session name (a DeltaClient's is 'dreamcatcher WORLD/STREAM').",
+            labels=["world", "pid", "session"],
+        )
+        for world, counts in sorted(snapshot.items()):
+            for pid, session, idle in counts.idle_fence_holders:
+                holders.add_metric([world, str(pid), session], idle)
+        yield holders
         errors = CounterMetricFamily(
             "dreamcatcher_metrics_refresh_errors",
             "Failed reads of the database-derived metrics (their values are then stale).",

@@ -46,7 +46,11 @@ async def collect_status(
     ``late_attempts``, ``late_deferred``, ``quarantined``, ``unmerged_keys``
     (delta key -> deltas carrying it, for keys no rule reads), ``leader`` (the
     holder name of the last merger that led), ``leader_heartbeat``, ``heartbeat_age``
-    (s), ``leader_alive`` (its session still holds the leader lock).
+    (s), ``leader_alive`` (its session still holds the leader lock), ``fence_holders``
+    (sessions holding one of the world's fences: ``pid``, ``session`` (its
+    application_name; a DeltaClient names its world and stream), ``stream``, ``user``,
+    ``state``, ``idle_seconds``, ``transaction_seconds``, ``holds``, ``over_limit``: idle
+    past the world's ``idle_writer_timeout``, so the merger ends it when it next waits).
     """
     conn = await asyncpg.connect(dsn)
     try:
@@ -76,10 +80,29 @@ async def collect_status(
             holder_pid = details["leader_lock_pid"]
             doc["leader_lock_pid"] = holder_pid
             doc["leader_alive"] = holder_pid is not None
+            holders = await conn.fetch(query("stuck_writers"), doc["world"])
+            doc["fence_holders"] = [fence_holder(r) for r in holders]
             worlds.append(doc)
         return worlds
     finally:
         await conn.close()
+
+
+def fence_holder(row: asyncpg.Record) -> dict[str, Any]:
+    """A row of ``dreamcatcher.stuck_writers`` as ``status`` shows it."""
+    session = row["application_name"] or ""
+    _, _, stream = session.removeprefix("dreamcatcher ").partition("/")
+    return {
+        "pid": row["pid"],
+        "session": session,
+        "stream": stream if session.startswith("dreamcatcher ") and stream else None,
+        "user": row["usename"],
+        "state": row["state"],
+        "idle_seconds": row["idle_for"],
+        "transaction_seconds": row["xact_age"],
+        "holds": list(row["holds"]),
+        "over_limit": bool(row["over_limit"]),
+    }
 
 
 #: Below this console width, ``render_status`` stacks one small table per world.
@@ -87,7 +110,7 @@ WIDE_LAYOUT = 150
 
 _COLUMNS = (
     "world", "frames open/closed/merged", "last merged", "merge lag", "open frame",
-    "late attempts", "quarantined", "unmerged keys", "leader",
+    "late attempts", "quarantined", "unmerged keys", "leader", "fences held by",
 )  # fmt: skip
 
 
@@ -103,7 +126,21 @@ def _cells(w: dict[str, Any]) -> list[str | Text]:
         str(w["quarantined"]),
         _keys(w["unmerged_keys"]),
         _leader(w),
+        _holders(w),
     ]
+
+
+def _holders(w: dict[str, Any]) -> str | Text:
+    """The sessions idle while they hold one of the world's fences (they hold frames open)."""
+    idle = [h for h in w.get("fence_holders", []) if str(h["state"]).startswith("idle")]
+    if not idle:
+        return "-"
+    parts = [
+        f"pid {h['pid']} ({h['stream'] or h['session'] or h['user']}, {h['state']} "
+        f"{_seconds(h['idle_seconds'] or 0.0)}, {', '.join(h['holds'])})"
+        for h in idle
+    ]
+    return Text("; ".join(parts), style="red" if any(h["over_limit"] for h in idle) else "yellow")
 
 
 def render_status(worlds: list[dict[str, Any]], width: int | None = None) -> RenderableType:

@@ -94,7 +94,7 @@ SELECT w.world, w.late_policy, w.expected_streams, extract(epoch FROM w.close_af
        (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'closed') AS frames_closed,
        (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'merged') AS frames_merged,
        (SELECT min(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'open') AS open_frame,
-       (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = w.world) AS late_attempts,
+       (SELECT coalesce(sum(l.attempts), 0)::bigint FROM dreamcatcher.late_log l WHERE l.world = w.world) AS late_attempts,
        (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = w.world AND l.policy = 'defer') AS late_deferred,
        (SELECT count(*) FROM dreamcatcher.quarantine_log q WHERE q.world = w.world) AS quarantined,
        (SELECT coalesce(jsonb_object_agg(k.key, k.n), '{}'::jsonb)::text

@@ -49,7 +49,7 @@ SELECT
         AND NOT EXISTS (SELECT 1 FROM dreamcatcher.deferred_log x
                          WHERE x.world = d.world AND x.frame = d.frame
                            AND x.stream_id = d.stream_id AND x.utc = d.utc)) AS deferred_waiting,
-    (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = $1) AS late_attempts,
+    (SELECT coalesce(sum(l.attempts), 0)::bigint FROM dreamcatcher.late_log l WHERE l.world = $1) AS late_attempts,
     (SELECT count(*) FROM dreamcatcher.quarantine_log q WHERE q.world = $1) AS quarantined,
     (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'open') AS frames_open,
     (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'closed') AS frames_closed,
