@@ -19,8 +19,10 @@ CREATE OR REPLACE VIEW dreamcatcher.quarantine AS
            q.noted_at, q.id
     FROM dreamcatcher.quarantine_log q;
 
+-- attempted_at: the first attempt; attempts: how many (a retry of the same delta counts here)
 CREATE OR REPLACE VIEW dreamcatcher.late_attempts AS
-    SELECT l.world, l.frame, l.stream_id, l.utc, l.policy, l.payload, l.attempted_at, l.id
+    SELECT l.world, l.frame, l.stream_id, l.utc, l.policy, l.payload, l.attempted_at, l.id,
+           l.attempts, coalesce(l.last_attempt_at, l.attempted_at) AS last_attempt_at
     FROM dreamcatcher.late_log l;
 
 -- Current state (same shape as entities_at).

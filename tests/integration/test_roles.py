@@ -351,6 +351,49 @@ async def test_worker_cannot_write_a_stream_it_does_not_own(cast: Cast) -> None:
         assert refused_by_database(caught.value) == "42501"
 
 
+async def test_a_foreign_world_is_refused_before_any_of_its_locks_is_taken(cast: Cast) -> None:
+    """A worker that replays a key of a world it does not write (nothing is inserted, so no check
+    fired) or closes a frame that is already closed there, in a transaction it keeps open, held
+    that frame's fence: the owner's close (or late insert) of the frame waited for it."""
+    payload = {"observations": [1]}
+    async with DeltaClient.connect(cast.url(cast.worker2), stream_id="o1", world=OTHER) as owner:
+        await owner.insert_delta(3, payload, utc=at(1))
+        await owner.insert_delta(4, payload, utc=at(1))
+        assert await owner.close_frame(4) == "closed"
+    text = orjson.dumps(payload).decode()
+    async with (
+        connect(cast.url(cast.worker)) as intruder,
+        connect(cast.dsn) as admin,
+        DeltaClient.connect(cast.url(cast.worker2), stream_id="o1", world=OTHER) as owner,
+    ):
+        pid = intruder.get_server_pid()
+        for statement, args in (
+            ("SELECT dreamcatcher.append_delta($1, 'o1', 3, $2, $3::text::jsonb)", (OTHER, at(1), text)),
+            (
+                "SELECT dreamcatcher.append_deltas($1, 'o1', '{3}', ARRAY[$2::timestamptz],"
+                " ARRAY[$3::text::jsonb])",
+                (OTHER, at(1), text),
+            ),
+            ("SELECT dreamcatcher.close_frame($1, 4)", (OTHER,)),
+        ):
+            tx = intruder.transaction()
+            await tx.start()
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await intruder.fetchval(statement, *args)
+            held = await admin.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory'", pid
+            )
+            assert held == 0, statement
+            await tx.rollback()
+        # an intruder that does not even call: the owner is never held up by it
+        intruder_tx = intruder.transaction()
+        await intruder_tx.start()
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await intruder.fetchval("SELECT dreamcatcher.close_frame($1, 3)", OTHER)
+        assert await asyncio.wait_for(owner.close_frame(3), 5) == "closed"
+        await intruder_tx.rollback()
+
+
 async def test_the_database_limits_a_worker_payload_whatever_its_client_allows(cast: Cast) -> None:
     async with connect(cast.dsn) as admin:
         await grant_stream(admin, W, "s1", cast.worker, max_payload_bytes=200)
@@ -628,9 +671,21 @@ async def test_merger_merges_closes_due_frames_and_cannot_write_the_log(cast: Ca
             "TRUNCATE dreamcatcher.entity_versions",
             "DELETE FROM dreamcatcher.frame_log",
             "TRUNCATE dreamcatcher.quarantine_log",
+            # only the columns the merge writes: it does not configure worlds nor edit frames' history
+            "UPDATE dreamcatcher.worlds SET late_policy = 'defer'",
+            "UPDATE dreamcatcher.worlds SET expected_streams = '{}'",
+            "UPDATE dreamcatcher.worlds SET max_frame_ahead = 1, idle_writer_timeout = '1 hour'",
+            "UPDATE dreamcatcher.frame_log SET closed_at = now(), opened_at = now()",
+            "UPDATE dreamcatcher.frame_log SET close_reason = 'forged'",
+            "UPDATE dreamcatcher.entity_versions SET data = '{}'",
+            "UPDATE dreamcatcher.mergers SET world = 'x'",
         ]
         for statement in statements:
             await refused(conn, statement)
+        async with conn.transaction():  # (what it does write, it may)
+            await conn.execute("UPDATE dreamcatcher.worlds SET horizon = horizon")
+            await conn.execute("UPDATE dreamcatcher.frame_log SET stats = stats, state_hash = state_hash")
+            await conn.execute("UPDATE dreamcatcher.entity_versions SET valid_to = valid_to")
     async with DeltaClient.connect(cast.url(cast.merger), stream_id="s1", world=W) as dc:
         with pytest.raises(DreamcatcherError) as caught:
             await dc.insert_delta(2, {"observations": [1]}, utc=at(2))
