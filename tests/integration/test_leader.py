@@ -352,3 +352,47 @@ async def test_a_heartbeat_is_written_only_for_the_session_that_holds_the_lock(d
             await conn.execute(query("heartbeat"), WORLD, "old:1", started, pid, 30.0)  # the late one
             after = await conn.fetchrow("SELECT * FROM dreamcatcher.mergers WHERE world = $1", WORLD)
             assert dict(after) == dict(before) and after["backend_pid"] == new_pid
+
+
+async def test_the_silence_that_ends_a_leader_is_the_leaders_own_timeout(dreamcatcher_dsn: str) -> None:
+    """end_silent_leader let its caller choose the silence: a standby (or any merger login) asking
+    with a tiny timeout ended a healthy leader mid-merge. The leader declares its own timeout
+    with its heartbeats; a caller can only wait longer."""
+    dsn = dreamcatcher_dsn
+    leader = Merger(dsn, WORLD, poll_interval=POLL, leader_timeout=30.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(leader.run(stop))
+    try:
+        async with connection(dsn) as conn:
+
+            async def leads() -> bool:
+                return len(await leader_lock_pids(conn)) == 1 and bool(
+                    await conn.fetchval(
+                        "SELECT leader_timeout FROM dreamcatcher.mergers WHERE world = $1", WORLD
+                    )
+                )
+
+            await wait_until(leads, timeout=TIMEOUT, what="the leader to lead and beat")
+            [pid] = await leader_lock_pids(conn)
+            for _ in range(10):
+                assert await conn.fetchval(query("end_silent_leader"), WORLD, 0.001) is None
+                assert await conn.fetchrow(query("silent_leader"), WORLD, 0.001) is None
+                await asyncio.sleep(POLL)
+            assert await leader_lock_pids(conn) == [pid]
+            # a leader that falls silent is still ended, after its own timeout: its task stops
+            # (its session, and the lock, stay) and it declares 0.2 s
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await leader._stop_beats()
+            await conn.execute("UPDATE dreamcatcher.mergers SET leader_timeout = 0.2 WHERE world = $1", WORLD)
+
+            async def ended() -> bool:
+                return await conn.fetchval(query("end_silent_leader"), WORLD, 0.001) == pid
+
+            await wait_until(ended, timeout=TIMEOUT, what="the silent leader to be ended")
+    finally:
+        stop.set()
+        if not task.done():
+            await asyncio.wait_for(task, TIMEOUT)
+        await leader.aclose()
