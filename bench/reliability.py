@@ -535,6 +535,7 @@ class Report:
     reconnect_s: list[float] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     fuzzed: int | None = None
+    stalled: int | None = None  #: worlds found stalled (the hostile-writer row)
 
     @property
     def ok(self) -> bool:
@@ -1264,7 +1265,7 @@ async def late(dsn: str, *, prefix: str = "late") -> Report:
 
 # -- the run -------------------------------------------------------------------------------------
 
-SCENARIOS = ("merger_kill", "two_mergers", "pg_restart", "soak", "late", "fuzz")
+SCENARIOS = ("merger_kill", "two_mergers", "pg_restart", "soak", "late", "hostile", "fuzz")
 
 #: CI-sized and --long sizes of each scenario.
 SIZES: dict[bool, dict[str, dict[str, Any]]] = {
@@ -1311,6 +1312,7 @@ async def run_all(
         "pg_restart": lambda: pg_restart(seed=seed, **sizes["pg_restart"]),
         "soak": lambda: soak(dsn, seed=seed, **sizes["soak"]),
         "late": lambda: late(dsn),
+        "hostile": lambda: _hostile(dsn),
     }
     for name in SCENARIOS:
         if name in only and name in runners:  # (fuzz: below, through its hook)
@@ -1329,8 +1331,14 @@ async def run_all(
     return reports
 
 
+async def _hostile(dsn: str) -> Report:
+    from bench.hostile import hostile  # (it builds on this module)
+
+    return await hostile(dsn)
+
+
 COLUMNS = ("scenario", "faults injected", "inputs fuzzed", "acked", "refused", "merged", "lost", "doubled",
-           "takeover s", "reconnect s", "time s", "ok")  # fmt: skip
+           "worlds stalled", "takeover s", "reconnect s", "time s", "ok")  # fmt: skip
 
 
 def table_rows(reports: Sequence[Report]) -> list[list[str]]:
@@ -1340,6 +1348,7 @@ def table_rows(reports: Sequence[Report]) -> list[list[str]]:
         rows.append([
             r.scenario, _faults_text(r.faults), "-" if r.fuzzed is None else str(r.fuzzed),
             str(v.acked), str(v.refused), str(v.merged), str(v.lost), str(v.doubled),
+            "-" if r.stalled is None else str(r.stalled),
             _secs(r.takeover_s), _secs(r.reconnect_s), f"{r.seconds:.1f}", "ok" if r.ok else "FAIL",
         ])  # fmt: skip
     faults: Counter[str] = Counter()
@@ -1349,6 +1358,7 @@ def table_rows(reports: Sequence[Report]) -> list[list[str]]:
     rows.append([
         "total", _faults_text(dict(faults), details=False), str(sum(fuzzed)) if fuzzed else "-",
         *(str(sum(getattr(r.verdict, n) for r in reports)) for n in COLUMNS[3:8]),
+        str(sum(r.stalled or 0 for r in reports)) if any(r.stalled is not None for r in reports) else "-",
         _secs([s for r in reports for s in r.takeover_s]), _secs([s for r in reports for s in r.reconnect_s]),
         f"{sum(r.seconds for r in reports):.1f}", "ok" if all(r.ok for r in reports) else "FAIL",
     ])  # fmt: skip

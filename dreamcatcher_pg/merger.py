@@ -112,6 +112,7 @@ class Merger:
         self._suspect: tuple[int, float] | None = None
         #: the sessions found holding this world's fences the last time a close or claim waited
         self.stuck: list[dict[str, Any]] = []
+        self._stuck_checked = 0.0
 
     # -- connections --
 
@@ -268,7 +269,7 @@ class Merger:
                     "(backends %s; a worker idle in its transaction?): trying again later",
                     self.world, row["frame"], row["reason"], self.close_wait, holders or "?",
                 )  # fmt: skip
-                await self.end_stuck_writers()
+                await self.end_stuck_writers(waited=True)
                 continue
             if status == "closed":
                 log.info("world %r frame %s closed (%s)", self.world, row["frame"], row["reason"])
@@ -276,29 +277,30 @@ class Merger:
         self.stats.frames_closed += len(closed)
         return closed
 
-    async def end_stuck_writers(self) -> list[int]:
+    async def end_stuck_writers(self, *, waited: bool = False) -> list[int]:
         """End the sessions idle for longer than the world's ``idle_writer_timeout`` while they hold
-        one of its fences; log each, and the ones still inside the limit. Returns the pids ended.
+        one of its fences, and log each; returns the pids ended. ``waited``: a close or a claim
+        of ours just waited for a fence, so also log who holds the world's fences now.
 
         Their open transactions roll back: what they appended was never acknowledged. Needs the
         right to end their sessions: the same login, ``pg_signal_backend``, or the merger role of
-        ``dreamcatcher init --roles``.
+        ``dreamcatcher init --roles``. Called after a wait, and at every tick (at most once per
+        :attr:`stuck_check_interval`): a frame held by an idle writer is closed by a deadline
+        or by a worker, not always by this merger.
         """
         assert self._conn is not None
-        stuck = [dict(r) for r in await self._conn.fetch(query("stuck_writers"), self.world)]
-        self.stuck = stuck
-        for w in stuck:
-            log.warning(
-                "world %r: session %s (%s, %s) holds %s and has been %s for %.1fs%s",
-                self.world, w["pid"], w["application_name"] or "no name", w["usename"], ", ".join(w["holds"]),
-                w["state"], w["idle_for"] or 0.0,
-                ": ending it (idle_writer_timeout)" if w["over_limit"] else "",
-                extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
-            )  # fmt: skip
-        if not any(w["over_limit"] for w in stuck):
-            return []
+        self._stuck_checked = time.monotonic()
+        if waited:
+            self.stuck = [dict(r) for r in await self._conn.fetch(query("stuck_writers"), self.world)]
+            for w in self.stuck:
+                log.warning(
+                    "world %r: session %s (%s, %s) holds %s and has been %s for %.1fs",
+                    self.world, w["pid"], w["application_name"] or "no name", w["usename"],
+                    ", ".join(w["holds"]), w["state"], w["idle_for"] or 0.0,
+                    extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
+                )  # fmt: skip
         try:
-            ended = list(await self._conn.fetchval(query("end_stuck_writers"), self.world) or [])
+            ended = [dict(r) for r in await self._conn.fetch(query("end_stuck_writers"), self.world)]
         except asyncpg.InsufficientPrivilegeError as exc:
             log.error(
                 "world %r: cannot end the idle sessions that hold its fences (%s): run the merger as "
@@ -307,8 +309,21 @@ class Merger:
                 self.world, exc,
             )  # fmt: skip
             return []
+        for w in ended:
+            log.warning(
+                "world %r: ended session %s (%s, %s): it held %s while %s for %.1fs, past the world's "
+                "idle_writer_timeout; its open transaction rolled back",
+                self.world, w["pid"], w["application_name"] or "no name", w["usename"], ", ".join(w["holds"]),
+                w["state"], w["idle_for"] or 0.0,
+                extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
+            )  # fmt: skip
         self.stats.writers_ended += len(ended)
-        return ended
+        return [int(w["pid"]) for w in ended]
+
+    @property
+    def stuck_check_interval(self) -> float:
+        """Seconds between two looks for idle fence holders when nothing waited."""
+        return max(self.poll_interval, 1.0)
 
     async def merge_available(self) -> list[MergeResult]:
         """Merge every closed frame that is next in line. The caller must lead.
@@ -331,7 +346,7 @@ class Merger:
                     "world %r: the claim of the next frame waited %.1fs for the world lock; trying later",
                     self.world, self.close_wait,
                 )  # fmt: skip
-                await self.end_stuck_writers()
+                await self.end_stuck_writers(waited=True)
                 break
             if frame is None:
                 break
@@ -362,7 +377,9 @@ class Merger:
         return results
 
     async def tick(self) -> list[MergeResult]:
-        """One round of work: close what is due, merge what is ready."""
+        """One round of work: end idle fence holders (now and then), close what is due, merge."""
+        if time.monotonic() - self._stuck_checked >= self.stuck_check_interval:
+            await self.end_stuck_writers()
         await self.close_due_frames()
         results = await self.merge_available()
         await self._heartbeat()

@@ -70,7 +70,8 @@ SELECT pid, application_name, usename, state, idle_for, xact_age, holds, over_li
 FROM dreamcatcher.stuck_writers($1);
 
 -- name: end_stuck_writers
-SELECT dreamcatcher.end_stuck_writers($1);
+-- $1 world: end the sessions idle past its limit while holding its fences; the ones ended.
+SELECT pid, application_name, usename, state, idle_for, holds FROM dreamcatcher.end_stuck_writers($1);
 
 -- name: due_frames
 SELECT frame, reason FROM dreamcatcher.due_frames($1);

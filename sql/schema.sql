@@ -893,18 +893,24 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- End the stuck writers of a world that have been idle for longer than its idle_writer_timeout;
--- returns the pids ended. With `init --roles` this runs with its owner's rights, for members
+-- returns the sessions ended. With `init --roles` this runs with its owner's rights, for members
 -- of the merger role: it ends nothing but sessions idle while holding this world's fences.
-CREATE OR REPLACE FUNCTION dreamcatcher.end_stuck_writers(p_world text) RETURNS integer[]
+DROP FUNCTION IF EXISTS dreamcatcher.end_stuck_writers(text);
+CREATE OR REPLACE FUNCTION dreamcatcher.end_stuck_writers(p_world text)
+RETURNS TABLE (pid integer, application_name text, usename text, state text, idle_for float8, holds text[])
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_ended integer[] := '{}';
-    r       record;
+    r record;
 BEGIN
-    FOR r IN SELECT s.pid FROM dreamcatcher.stuck_writers(p_world) s WHERE s.over_limit LOOP
+    FOR r IN SELECT s.* FROM dreamcatcher.stuck_writers(p_world) s WHERE s.over_limit LOOP
         IF pg_catalog.pg_terminate_backend(r.pid, 5000) THEN
-            v_ended := v_ended || r.pid;
+            pid := r.pid;
+            application_name := r.application_name;
+            usename := r.usename;
+            state := r.state;
+            idle_for := r.idle_for;
+            holds := r.holds;
+            RETURN NEXT;
         END IF;
     END LOOP;
-    RETURN v_ended;
 END $$;
