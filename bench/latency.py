@@ -123,33 +123,34 @@ async def bench_latency(ctx: Context) -> list[Row]:
     run = _Run(ctx, size.latency_frames + 1, size.latency_writers)
     probe_samples: list[float] = []
     stop = asyncio.Event()
-    pool = await asyncpg.create_pool(ctx.dsn, min_size=size.latency_writers, max_size=size.latency_writers)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            coord = await stack.enter_async_context(
-                DeltaClient.connect(ctx.dsn, stream_id="coordinator", world=WORLD, pool_size=2)
+    async with contextlib.AsyncExitStack() as stack:
+        # every client as the README tells a worker: its own pool, default settings
+        coord = await stack.enter_async_context(
+            DeltaClient.connect(ctx.dsn, stream_id="coordinator", world=WORLD)
+        )
+        await coord.configure_world()  # the world must exist before its merger leads it
+        run.merger = await stack.enter_async_context(merger_process(ctx.dsn, WORLD))
+        writers = [
+            await stack.enter_async_context(
+                DeltaClient.connect(ctx.dsn, stream_id=frames[0][0].stream_id, world=WORLD)
             )
-            await coord.configure_world()  # the world must exist before its merger leads it
-            run.merger = await stack.enter_async_context(merger_process(ctx.dsn, WORLD))
-            writers = [
-                await stack.enter_async_context(
-                    DeltaClient.connect(ctx.dsn, stream_id=frames[0][0].stream_id, world=WORLD, pool=pool)
-                )
-                for frames in plan
-            ]
-            ctx.say(f"latency: {size.latency_frames} frames of {size.latency_frame_deltas} deltas")
-            probe = asyncio.create_task(notify_probe(ctx.dsn, stop, probe_samples))
-            try:
-                await asyncio.gather(
-                    run.coordinator(coord),
-                    *(run.writer(dc, frames) for dc, frames in zip(writers, plan, strict=True)),
-                )
-            finally:
-                stop.set()
-                await probe
-        server_ms = [float(r[0]) for r in await pool.fetch(SERVER_SIDE, WORLD)]
+            for frames in plan
+        ]
+        ctx.say(f"latency: {size.latency_frames} frames of {size.latency_frame_deltas} deltas")
+        probe = asyncio.create_task(notify_probe(ctx.dsn, stop, probe_samples))
+        try:
+            await asyncio.gather(
+                run.coordinator(coord),
+                *(run.writer(dc, frames) for dc, frames in zip(writers, plan, strict=True)),
+            )
+        finally:
+            stop.set()
+            await probe
+    conn = await asyncpg.connect(ctx.dsn)
+    try:
+        server_ms = [float(r[0]) for r in await conn.fetch(SERVER_SIDE, WORLD)]
     finally:
-        await pool.close()
+        await conn.close()
     ms = [s * 1000 for s in run.close_to_woken]
     probe_ms = [s * 1000 for s in probe_samples] or [float("nan")]
     detail = {

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Every row a run reports, whatever the size (the JSON contract of bench/).
 ROW_NAMES = (
     "ingest_single",
+    "pool_vs_dedicated",
     "ingest_batch",
     "notify_ceiling",
     "latency_p50",
