@@ -71,6 +71,14 @@ def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> N
             assert _number(row[key]), (key, row)
         assert row["unit"], row
 
+    # the ceilings are the real ones: raw on dedicated connections, the old pooled one as info
+    assert "dedicated connections" in rows["ingest_single"]["note"], rows["ingest_single"]
+    assert "dedicated connections" in rows["ingest_batch"]["note"], rows["ingest_batch"]
+    assert rows["pool_vs_dedicated"]["target"] == "info", rows["pool_vs_dedicated"]
+    assert _number(rows["pool_vs_dedicated"]["detail"]["raw_pool_no_reset"])
+    assert "pipeline raw" in rows["latency_p99"]["note"], rows["latency_p99"]
+    assert _number(rows["latency_p99"]["detail"]["notify_round_trip_p99_ms"])
+
     # the run worked in a scratch database of its own, and dropped it
     assert report["database"].startswith("dc_bench_")
     with psycopg.connect(dreamcatcher_server_dsn) as conn:
