@@ -78,6 +78,9 @@ def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> N
     assert _number(rows["pool_vs_dedicated"]["detail"]["raw_pool_no_reset"])
     assert "pipeline raw" in rows["latency_p99"]["note"], rows["latency_p99"]
     assert _number(rows["latency_p99"]["detail"]["notify_round_trip_p99_ms"])
+    # the merge ceiling ran before and after ours; every ingest round of every side is reported
+    assert len(rows["merge_throughput"]["detail"]["raw_us_per_delta_before_after"]) == 2
+    assert set(rows["ingest_single"]["detail"]["rounds_deltas_per_s"]) >= {"raw", "ours"}
 
     # the run worked in a scratch database of its own, and dropped it
     assert report["database"].startswith("dc_bench_")
