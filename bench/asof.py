@@ -67,16 +67,26 @@ async def _build(ctx: Context, conn: asyncpg.Connection) -> None:
     await conn.execute("ANALYZE dreamcatcher.frame_log")
 
 
-async def _time(conn: asyncpg.Connection, reps: int, query: str, *args: Any) -> tuple[float, int]:
-    """Median milliseconds of ``reps`` runs (after two warm-ups), and the row count."""
-    for _ in range(2):
-        rows = await conn.fetch(query, *args)
-    samples = []
-    for _ in range(reps):
-        started = now()
-        rows = await conn.fetch(query, *args)
-        samples.append(now() - started)
-    return median(samples) * 1000, len(rows)
+async def _time(
+    conn: asyncpg.Connection, reps: int, query: str, points: dict[str, tuple[Any, ...]]
+) -> dict[str, tuple[float, int]]:
+    """Per point: median milliseconds of ``reps`` runs of ``query`` with its arguments, and the
+    row count. Two untimed runs of each first; then the points take turns, the order turning
+    each repetition, so neither the early frame (the ceiling) nor the late one always runs on
+    the colder cache."""
+    rows: dict[str, int] = {}
+    for label, args in points.items():
+        for _ in range(2):
+            rows[label] = len(await conn.fetch(query, *args))
+    samples: dict[str, list[float]] = {label: [] for label in points}
+    labels = list(points)
+    for rep in range(reps):
+        turn = rep % len(labels)
+        for label in labels[turn:] + labels[:turn]:
+            started = now()
+            await conn.fetch(query, *points[label])
+            samples[label].append(now() - started)
+    return {label: (median(samples[label]) * 1000, rows[label]) for label in points}
 
 
 async def bench_asof(ctx: Context) -> list[Row]:
@@ -86,13 +96,12 @@ async def bench_asof(ctx: Context) -> list[Row]:
         await _build(ctx, conn)
         points = {"early": 1, "middle": size.asof_frames // 2, "late": size.asof_frames - 1}
         post = size.asof_posts // 2
-        all_ms: dict[str, float] = {}
-        one_ms: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for label, frame in points.items():
-            all_ms[label], counts[label] = await _time(conn, size.asof_reps, ALL_POSTS, WORLD, frame)
-            one_ms[label], _ = await _time(conn, size.asof_reps, ONE_POST, WORLD, frame, post)
-        current_ms, _ = await _time(conn, size.asof_reps, CURRENT_POSTS, WORLD)
+        every = await _time(conn, size.asof_reps, ALL_POSTS, {k: (WORLD, f) for k, f in points.items()})
+        one = await _time(conn, size.asof_reps, ONE_POST, {k: (WORLD, f, post) for k, f in points.items()})
+        all_ms = {label: ms for label, (ms, _) in every.items()}
+        counts = {label: n for label, (_, n) in every.items()}
+        one_ms = {label: ms for label, (ms, _) in one.items()}
+        current_ms = (await _time(conn, size.asof_reps, CURRENT_POSTS, {"now": (WORLD,)}))["now"][0]
         versions_count = await conn.fetchval(
             "SELECT count(*) FROM dreamcatcher.entity_versions WHERE world = $1", WORLD
         )

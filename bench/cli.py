@@ -28,7 +28,7 @@ Benchmark = Callable[[Context], Awaitable[list[Row]]]
 
 #: name → (benchmark, the rows it always reports), in running order
 BENCHMARKS: dict[str, tuple[Benchmark, tuple[str, ...]]] = {
-    "ingest_single": (bench_ingest_single, ("ingest_single",)),
+    "ingest_single": (bench_ingest_single, ("ingest_single", "pool_vs_dedicated")),
     "ingest_batch": (bench_ingest_batch, ("ingest_batch",)),
     "notify_ceiling": (bench_notify_ceiling, ("notify_ceiling",)),
     "latency": (bench_latency, ("latency_p50", "latency_p99")),

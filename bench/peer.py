@@ -11,7 +11,9 @@ after every ``PEER_BATCH`` events (``peer_batch``, against our ``insert_deltas``
 ``PEER_BATCH``). The event's state is the delta's payload dict. The rows' ``ceiling`` is the
 peer's rate, so ``ratio`` = ours / eventsourcing (info: no target).
 
-Rounds alternate ours / eventsourcing; the best of each side is kept, as in bench/ingest.py.
+Ours runs as the README tells a worker to (``DeltaClient.connect`` per worker, its own pool,
+defaults; warmed up, set-up not timed: bench/ingest.py). Rounds alternate which side goes
+first; the best of each side is kept, as in bench/sides.py.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict
 
 from bench.context import Context, now
-from bench.ingest import _timed, ours_batch, ours_single, single_plan
+from bench.ingest import ours_batch, ours_single, single_plan
 from bench.payloads import BenchDelta
 from bench.report import Row, skipped
+from bench.sides import timed
 
 #: events per ``save()`` (peer_batch) and deltas per ``insert_deltas`` on our side
 PEER_BATCH = 100
@@ -151,11 +154,14 @@ async def bench_peer(ctx: Context) -> list[Row]:
 
     peer = EventsourcingPeer(ctx.dsn, workers)
     for r in range(size.repeats):
-        keep("ours", r, await _timed(ctx.dsn, workers, f"peer_ours_{r}", ours_single(ctx.dsn, plan)))
-        keep("peer", r, await asyncio.to_thread(peer.seconds, plan, 1))
-        work = ours_batch(ctx.dsn, batches)
-        keep("ours_batch", r, await _timed(ctx.dsn, workers, f"peer_batch_ours_{r}", work))
-        keep("peer_batch", r, await asyncio.to_thread(peer.seconds, plan, PEER_BATCH))
+        ours_first = r % 2 == 0  # the order turns each round, as in bench/sides.py
+        for first in (ours_first, not ours_first):
+            if first:
+                keep("ours", r, await timed(ours_single(ctx.dsn, plan), f"peer_ours_{r}"))
+                keep("ours_batch", r, await timed(ours_batch(ctx.dsn, batches), f"peer_batch_ours_{r}"))
+            else:
+                keep("peer", r, await asyncio.to_thread(peer.seconds, plan, 1))
+                keep("peer_batch", r, await asyncio.to_thread(peer.seconds, plan, PEER_BATCH))
 
     detail: Mapping[str, Any] = {
         "threads": workers,
@@ -167,7 +173,7 @@ async def bench_peer(ctx: Context) -> list[Row]:
     return [
         Row(
             "peer", best["ours"], best["peer"], "deltas/s",
-            note=_note(peer, 1, f"ours: insert_delta, {workers} connections"),
+            note=_note(peer, 1, f"ours: insert_delta, {workers} DeltaClient.connect"),
             detail={**detail, "events_per_save": 1},
         ),
         Row(

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Size:
     name: str
-    #: rounds of (raw, ours) for the ingest rows; the best of each side is kept
+    #: rounds of (raw, ours) for the ingest rows (the order turning each round; the best of each
+    #: side is kept), and for latency (its frames split between the rounds)
     repeats: int
     #: ingest_single / notify_ceiling: concurrent connections, inserts per connection
     single_workers: int
@@ -55,11 +56,11 @@ SIZES: dict[str, Size] = {
     ),
     "small": Size(
         name="small",
-        repeats=2,
+        repeats=3,
         single_workers=64,
-        single_per_worker=100,
+        single_per_worker=200,
         batch_writers=4,
-        batches_per_writer=5,
+        batches_per_writer=10,
         batch_size=1000,
         latency_frames=20,
         latency_frame_deltas=1_000,

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Every row a run reports, whatever the size (the JSON contract of bench/).
 ROW_NAMES = (
     "ingest_single",
+    "pool_vs_dedicated",
     "ingest_batch",
     "notify_ceiling",
     "latency_p50",
@@ -69,6 +70,17 @@ def test_tiny_bench_reports_every_row_as_json(dreamcatcher_server_dsn: str) -> N
         for key in ("ours", "ceiling", "ratio"):
             assert _number(row[key]), (key, row)
         assert row["unit"], row
+
+    # the ceilings are the real ones: raw on dedicated connections, the old pooled one as info
+    assert "dedicated connections" in rows["ingest_single"]["note"], rows["ingest_single"]
+    assert "dedicated connections" in rows["ingest_batch"]["note"], rows["ingest_batch"]
+    assert rows["pool_vs_dedicated"]["target"] == "info", rows["pool_vs_dedicated"]
+    assert _number(rows["pool_vs_dedicated"]["detail"]["raw_pool_no_reset"])
+    assert "pipeline raw" in rows["latency_p99"]["note"], rows["latency_p99"]
+    assert _number(rows["latency_p99"]["detail"]["notify_round_trip_p99_ms"])
+    # the merge ceiling ran before and after ours; every ingest round of every side is reported
+    assert len(rows["merge_throughput"]["detail"]["raw_us_per_delta_before_after"]) == 2
+    assert set(rows["ingest_single"]["detail"]["rounds_deltas_per_s"]) >= {"raw", "ours"}
 
     # the run worked in a scratch database of its own, and dropped it
     assert report["database"].startswith("dc_bench_")
