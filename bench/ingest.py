@@ -7,11 +7,11 @@ does the same Python-side work as the library: it starts from the same dicts and
 encodes each payload with orjson, building its rows, inside the timed loop.
 
 Ours runs exactly as the README tells a worker to: ``async with
-DeltaClient.connect(dsn, stream_id=...) as dc`` per worker, its own pool, default
-settings. Only the inserts are timed on either side: connections (and clients) are
-opened first and warmed up with one untimed write each (for the raw side it prepares
-the statement; for ours it also compiles the SQL functions in that backend), as a
-long-lived worker is. See bench/sides.py for the alternating rounds.
+DeltaClient.connect(dsn, stream_id=...) as dc`` per worker, with its default
+settings (one dedicated connection). Only the inserts are timed on either side:
+connections (and clients) are opened first and warmed up with one untimed write
+each (for the raw side it prepares the statement; for ours it also compiles the SQL
+functions in that backend), as a long-lived worker is. See bench/sides.py for the alternating rounds.
 
 ``pool_vs_dedicated`` (info) is the raw INSERT through a default asyncpg pool (what
 this row's ceiling used to be) against dedicated connections, in the same rounds.
@@ -152,7 +152,7 @@ def raw_single_pool(dsn: str, plan: SinglePlan, *, reset: bool) -> Side:
 
 
 def ours_single(dsn: str, plan: SinglePlan) -> Side:
-    """One ``DeltaClient.connect(dsn, stream_id=...)`` per worker (its own pool, defaults)."""
+    """One ``DeltaClient.connect(dsn, stream_id=...)`` per worker (defaults: one dedicated connection)."""
 
     @contextlib.asynccontextmanager
     async def side(world: str) -> AsyncIterator[Run]:
@@ -258,7 +258,7 @@ async def bench_ingest_single(ctx: Context) -> list[Row]:
     raw = rates.best("raw")
     return [
         Row("ingest_single", rates.best("ours"), raw, "deltas/s", Target(">=", 0.75), detail=detail,
-            note="ours: DeltaClient.connect per worker (own pool, defaults); ceiling: " + CEILING_NOTE),
+            note="ours: DeltaClient.connect per worker (defaults); ceiling: " + CEILING_NOTE),
         Row("pool_vs_dedicated", rates.best("raw_pool"), raw, "deltas/s", detail={
                 **detail, "raw_pool_no_reset": rates.best("raw_pool_no_reset"),
                 "raw_pool_no_reset_ratio": rates.best("raw_pool_no_reset") / raw},

@@ -3,7 +3,7 @@
 Writers write frame f, then f+1 while the coordinator closes f and waits for
 its merge, and wait for f to be merged before they start f+2 (a fleet that
 reads its state). Ours: every writer and the coordinator is a
-``DeltaClient.connect`` of its own (own pool, defaults, as the README tells a
+``DeltaClient.connect`` of its own (defaults, as the README tells a
 worker), and the merger is a subprocess (``python -m dreamcatcher_pg merger``).
 
 The ceiling is the same pipeline done raw: the same writers on dedicated

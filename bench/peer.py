@@ -11,7 +11,7 @@ after every ``PEER_BATCH`` events (``peer_batch``, against our ``insert_deltas``
 ``PEER_BATCH``). The event's state is the delta's payload dict. The rows' ``ceiling`` is the
 peer's rate, so ``ratio`` = ours / eventsourcing (info: no target).
 
-Ours runs as the README tells a worker to (``DeltaClient.connect`` per worker, its own pool,
+Ours runs as the README tells a worker to (``DeltaClient.connect`` per worker, its defaults,
 defaults; warmed up, set-up not timed: bench/ingest.py). Rounds alternate which side goes
 first; the best of each side is kept, as in bench/sides.py.
 """

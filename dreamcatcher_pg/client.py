@@ -64,11 +64,17 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 
 
 class DeltaClient:
-    """An async client for one stream of one world. Use :meth:`connect`."""
+    """An async client for one stream of one world. Use :meth:`connect`.
+
+    By default a client talks to PostgreSQL over ONE dedicated connection (no pool: a pool's
+    acquire and release cost more than an insert), its calls taking turns on it, so one client
+    serves one worker; ``pool_size=N`` gives it a pool of N connections for concurrent calls,
+    and ``pool=`` the caller's own pool. Every call retries across a lost connection.
+    """
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: asyncpg.Pool | None,
         *,
         dsn: str,
         stream_id: str,
@@ -85,6 +91,9 @@ class DeltaClient:
         self._owns_pool = owns_pool
         self._max_payload_bytes = max_payload_bytes
         self._retries = retries
+        #: the dedicated connection (when there is no pool), and the turns its calls take
+        self._conn: asyncpg.Connection | None = None
+        self._turn = asyncio.Lock()
         #: False once the server said this session may not COPY into the log (then: append_deltas)
         self._copy_ok = True
         self._listener: asyncpg.Connection | None = None
@@ -100,11 +109,12 @@ class DeltaClient:
         stream_id: str,
         world: str = "default",
         pool: asyncpg.Pool | None = None,
-        pool_size: int = 2,
+        pool_size: int = 1,
         max_payload_bytes: int | None = None,
         retries: int = 3,
     ) -> AsyncIterator[DeltaClient]:
-        """Open a client (and its pool, unless one is given; a given pool is never closed).
+        """Open a client: one dedicated connection (``pool_size=1``, the default), a pool of its
+        own (``pool_size`` > 1), or the caller's ``pool`` (never closed here).
 
         ``max_payload_bytes`` defaults to ``$DREAMCATCHER_MAX_PAYLOAD_BYTES`` (else 1 MiB).
         """
@@ -112,7 +122,7 @@ class DeltaClient:
             max_payload_bytes = Settings.from_env().max_payload_bytes
         validate_identity(world, stream_id)
         owns = pool is None
-        if pool is None:
+        if pool is None and pool_size > 1:
             try:
                 pool = await asyncpg.create_pool(
                     dsn,
@@ -133,28 +143,54 @@ class DeltaClient:
             retries=retries,
         )
         try:
+            if pool is None:
+                await client._connection()  # (a wrong DSN fails here, not at the first insert)
             yield client
         finally:
             await client.aclose()
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-            self._listener = None
-        if self._owns_pool:
+        for conn in (self._listener, self._conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._listener = self._conn = None
+        if self._owns_pool and self._pool is not None:
             await self._pool.close()
 
     # -- calls with retry on a lost connection (every call here is idempotent) --
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The dedicated connection, (re)opened when needed. Call it in its turn (or at connect)."""
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            try:
+                self._conn = await asyncpg.connect(
+                    self._dsn, server_settings=session_settings(self.world, self.stream_id)
+                )
+            except DRIVER_ERRORS as exc:
+                raise map_db_error(exc) from exc
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one call: the dedicated one in its turn, or one of the pool."""
+        if self._pool is not None:
+            async with self._pool.acquire() as conn:
+                yield cast(asyncpg.Connection, conn)  # (a pool's connection proxy)
+            return
+        async with self._turn:
+            yield await self._connection()
 
     async def _call(self, sql: str, *args: Any, row: bool = False) -> Any:
         """``fetchval`` (``fetchrow`` with ``row``), retried when the connection was lost."""
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
-                if row:
-                    return await self._pool.fetchrow(sql, *args)
-                return await self._pool.fetchval(sql, *args)
+                async with self._session() as conn:
+                    if row:
+                        return await conn.fetchrow(sql, *args)
+                    return await conn.fetchval(sql, *args)
             except DRIVER_ERRORS as exc:
                 err = map_db_error(exc)
                 if isinstance(exc, asyncpg.SerializationError) and attempt < self._retries:
@@ -273,7 +309,7 @@ class DeltaClient:
         frames = [d.frame for d, _ in prepared]
         utcs = [d.utc for d, _ in prepared]
         try:
-            async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+            async with self._session() as conn, conn.transaction(isolation="read_committed"):
                 mode = await conn.fetchval(query("copy_begin"), self.world, self.stream_id, frames, utcs)
                 if mode == "copy":
                     world, stream = self.world, self.stream_id
@@ -340,15 +376,16 @@ class DeltaClient:
         idle_writer_timeout: float | timedelta | None = None,
     ) -> dict[str, Any]:
         """Configure this world (None keeps a setting): see :func:`configure_world`."""
-        return await configure_world(
-            self._pool,
-            self.world,
-            expected_streams=expected_streams,
-            late_policy=late_policy,
-            close_after=close_after,
-            max_frame_ahead=max_frame_ahead,
-            idle_writer_timeout=idle_writer_timeout,
-        )
+        async with self._session() as conn:
+            return await configure_world(
+                conn,
+                self.world,
+                expected_streams=expected_streams,
+                late_policy=late_policy,
+                close_after=close_after,
+                max_frame_ahead=max_frame_ahead,
+                idle_writer_timeout=idle_writer_timeout,
+            )
 
     # -- waiting for merges --
 

@@ -183,22 +183,28 @@ async def test_a_worker_appends_batches_through_append_deltas_and_cannot_copy(ca
     assert len(await log_rows(cast.dsn, "w")) == 25
 
 
-async def test_the_clients_own_pool_makes_one_round_trip_per_call(dreamcatcher_dsn: str) -> None:
+async def test_a_client_makes_one_round_trip_per_call(dreamcatcher_dsn: str) -> None:
     """asyncpg's pool resets every connection it gets back with a query of its own (RESET ALL,
-    UNLISTEN *, ...): a second round trip after every call. The client's calls leave no
-    session state, so its own pool skips that; a pool handed to it keeps its reset."""
+    UNLISTEN *, ...): a second round trip after every call. A client's calls leave no session
+    state: by default it has one dedicated connection (no pool at all), and a pool of its own
+    (pool_size > 1) skips the reset; a pool handed to it keeps its reset."""
     last_queries = """
-        SELECT query FROM pg_stat_activity
+        SELECT pid, query FROM pg_stat_activity
         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
     """
     async with connection(dreamcatcher_dsn) as observer:
-        async with DeltaClient.connect(dreamcatcher_dsn, stream_id="own", world="pooled", pool_size=1) as dc:
-            await dc.insert_delta(1, {"observations": [1]})
-            last = [r["query"] for r in await observer.fetch(last_queries)]
-            assert any("append_delta" in q for q in last), last  # the call was the last thing it ran
-            assert not any("RESET ALL" in q for q in last), last
-            await dc.insert_deltas([{"frame": 1, "payload": {"observations": [2]}}])
-            assert (await dc.insert_delta(1, {"observations": [3]})).status == "stored"
+        for size in (1, 2):
+            async with DeltaClient.connect(
+                dreamcatcher_dsn, stream_id="own", world="pooled", pool_size=size
+            ) as dc:
+                await dc.insert_delta(1, {"observations": [size]})
+                last = [r["query"] for r in await observer.fetch(last_queries)]
+                assert any("append_delta" in q for q in last), last  # the call was the last thing it ran
+                assert not any("RESET ALL" in q for q in last), last
+                await dc.insert_deltas([{"frame": 1, "payload": {"observations": [size, 2]}}])
+                assert (await dc.insert_delta(1, {"observations": [size, 3]})).status == "stored"
+                if size == 1:  # one connection by default: no pool
+                    assert len({r["pid"] for r in await observer.fetch(last_queries)}) == 1
         pool = await asyncpg.create_pool(dreamcatcher_dsn, min_size=1, max_size=1)
         try:
             async with DeltaClient.connect(
