@@ -307,10 +307,9 @@ class DeltaClient:
         are the reference: the COPY path only ever answers "stored" for every row.
         """
         frames = [d.frame for d, _ in prepared]
-        utcs = [d.utc for d, _ in prepared]
         try:
             async with self._session() as conn, conn.transaction(isolation="read_committed"):
-                mode = await conn.fetchval(query("copy_begin"), self.world, self.stream_id, frames, utcs)
+                mode = await conn.fetchval(query("copy_begin"), self.world, self.stream_id, list(set(frames)))
                 if mode == "copy":
                     world, stream = self.world, self.stream_id
                     await conn.copy_records_to_table(
@@ -321,7 +320,7 @@ class DeltaClient:
                     )
                     return ["stored"] * len(prepared)
                 if mode == "exact":  # a frame is closed or late: the fence is held, ask the reference
-                    texts = [t for _, t in prepared]
+                    utcs, texts = [d.utc for d, _ in prepared], [t for _, t in prepared]
                     statuses = await conn.fetchval(
                         query("append_deltas"), self.world, self.stream_id, frames, utcs, texts
                     )

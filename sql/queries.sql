@@ -8,7 +8,8 @@ SELECT dreamcatcher.append_deltas($1, $2, $3::bigint[], $4::timestamptz[], $5::t
 
 -- name: copy_begin
 -- In the transaction of a COPY into delta_log: the fence of the batch (see schema.sql).
-SELECT dreamcatcher.copy_begin($1, $2, $3::bigint[], $4::timestamptz[]);
+-- $3: the batch's frames, each once.
+SELECT dreamcatcher.copy_begin($1, $2, $3::bigint[]);
 
 -- name: close_frame
 SELECT dreamcatcher.close_frame($1, $2, $3);

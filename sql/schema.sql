@@ -426,7 +426,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_frames integer;
 BEGIN
-    IF cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs)
+    IF (p_utcs IS NOT NULL AND cardinality(p_frames) IS DISTINCT FROM cardinality(p_utcs))
        OR (p_payloads IS NOT NULL AND cardinality(p_frames) IS DISTINCT FROM cardinality(p_payloads)) THEN
         RAISE EXCEPTION '%: frames, utcs and payloads differ in length', p_what USING ERRCODE = '22023';
     END IF;
@@ -441,11 +441,11 @@ BEGIN
                         dreamcatcher.max_batch_frames()
             USING ERRCODE = '54000', HINT = 'Split the batch by frame.';
     END IF;
-    -- (raises on the first frame or utc out of range)
-    PERFORM dreamcatcher.check_delta_key(x.f, coalesce(x.u, '-infinity'))
-       FROM unnest(p_frames, p_utcs) AS x(f, u)
-      WHERE f IS NULL OR f < 0 OR f > 9007199254740991 OR u IS NULL
-         OR NOT (u >= '0001-01-01 00:00:00+00' AND u < '10000-01-01 00:00:00+00');
+    -- (raises on the first frame or utc out of range; p_utcs NULL: frames only)
+    PERFORM dreamcatcher.check_delta_key(x.f, CASE WHEN p_utcs IS NOT NULL THEN coalesce(x.u, '-infinity') END)
+       FROM unnest(p_frames, coalesce(p_utcs, '{}')) AS x(f, u)
+      WHERE f IS NULL OR f < 0 OR f > 9007199254740991
+         OR (p_utcs IS NOT NULL AND (u IS NULL OR NOT (u >= '0001-01-01 00:00:00+00' AND u < '10000-01-01 00:00:00+00')));
 END $$;
 
 -- Make sure a frame row exists; returns its status, or 'late' when the frame
@@ -672,15 +672,16 @@ END $$;
 -- The fence of a batch that is appended with COPY straight into delta_log (what
 -- DeltaClient.insert_deltas does when the session may INSERT into delta_log: COPY writes a
 -- batch several times faster than an INSERT ... SELECT). Called first in the transaction that
--- then COPYs the batch, it takes the shared lock of every frame of the batch (so a close waits
--- for that COMMIT), makes sure each frame is open, and notifies for an expected stream as
--- append_deltas does. Returns 'copy' (go ahead: every row COPYed is stored), 'exact' (a frame
--- is not open: call append_deltas instead, in the same transaction) or 'denied' (the session
--- may not INSERT into delta_log, e.g. a worker of `init --roles`: call append_deltas). A key
--- that is already stored or repeats in the batch makes the COPY fail (unique_violation): the
--- client rolls back and calls append_deltas, which sorts duplicates and conflicts out.
-CREATE OR REPLACE FUNCTION dreamcatcher.copy_begin(
-    p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[])
+-- then COPYs the batch, with the batch's frames (each once is enough), it takes the shared lock
+-- of every frame (so a close waits for that COMMIT), makes sure each frame is open, and
+-- notifies for an expected stream that has no delta in a frame yet, as append_deltas does (the
+-- batch is not in the log yet: whatever of this stream is there came before). Returns 'copy'
+-- (go ahead: every row COPYed is stored), 'exact' (a frame is not open: call append_deltas
+-- instead, in the same transaction) or 'denied' (the session may not INSERT into delta_log,
+-- e.g. a worker of `init --roles`: call append_deltas). A key that is already stored or
+-- repeats in the batch makes the COPY fail (unique_violation): the client rolls back and calls
+-- append_deltas, which sorts duplicates and conflicts out.
+CREATE OR REPLACE FUNCTION dreamcatcher.copy_begin(p_world text, p_stream text, p_frames bigint[])
 RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -690,12 +691,29 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         PERFORM dreamcatcher.refuse_isolation('copy_begin');
     END IF;
-    PERFORM dreamcatcher.check_batch('copy_begin', p_frames, p_utcs);
+    PERFORM dreamcatcher.check_batch('copy_begin', p_frames, NULL);
     IF cardinality(dreamcatcher.fence_frames(p_world, p_frames)) > 0 THEN
         RETURN 'exact';
     END IF;
-    PERFORM dreamcatcher.note_expected_streams(p_world, p_stream, p_frames, p_utcs);
+    IF EXISTS (SELECT 1 FROM dreamcatcher.worlds w
+               WHERE w.world = p_world AND p_stream = ANY (w.expected_streams)) THEN
+        PERFORM dreamcatcher.note_expected_stream(p_world, p_stream, x.f, '{}')
+           FROM (SELECT DISTINCT f FROM unnest(p_frames) f) x;
+    END IF;
     RETURN 'copy';
+END $$;
+
+-- The same with the batch's utcs too (what clients of earlier versions send): checked, then
+-- as above.
+CREATE OR REPLACE FUNCTION dreamcatcher.copy_begin(
+    p_world text, p_stream text, p_frames bigint[], p_utcs timestamptz[])
+RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.has_table_privilege('dreamcatcher.delta_log', 'INSERT') THEN
+        PERFORM dreamcatcher.check_batch('copy_begin', p_frames, p_utcs);
+    END IF;
+    RETURN dreamcatcher.copy_begin(p_world, p_stream, p_frames);
 END $$;
 
 -- Single-delta fast path (same semantics as append_deltas with one element).
