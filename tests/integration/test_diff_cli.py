@@ -144,7 +144,11 @@ async def test_entities_at_and_state_at_follow_the_definition(dreamcatcher_dsn: 
             for kind in KINDS:
                 slow = await conn.fetch(NAIVE_ENTITIES_AT, W, kind, frame)
                 fast = await conn.fetch(
-                    "SELECT * FROM dreamcatcher.entities_at($1, $2, $3) ORDER BY ekey", W, kind, frame
+                    "SELECT world, kind, ekey, data, first_frame, last_frame "
+                    "FROM dreamcatcher.entities_at($1, $2, $3) ORDER BY ekey",
+                    W,
+                    kind,
+                    frame,
                 )
                 assert rows_of(fast) == rows_of(slow), (kind, frame)
                 everything += [(kind, r["ekey"], r["first_frame"], r["last_frame"]) for r in slow]
