@@ -48,14 +48,11 @@ SELECT f.rules, count(*) AS frames, min(f.frame) AS first, max(f.frame) AS last
 FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'merged'
 GROUP BY f.rules ORDER BY min(f.frame);
 
--- name: replay_copy_rules
--- Replay merges every frame with the rule set that merged it: one world_rules row per
--- frame of world $1 in ($3, $4] for the scratch world $2.
-INSERT INTO dreamcatcher.world_rules (world, from_frame, rule_set)
-SELECT $2, f.frame, coalesce(f.rules, (SELECT d.rule_set FROM dreamcatcher.rule_defaults d))
-FROM dreamcatcher.frame_log f
-WHERE f.world = $1 AND f.status = 'merged' AND f.frame > $3 AND f.frame <= $4
-ON CONFLICT (world, from_frame) DO UPDATE SET rule_set = excluded.rule_set;
+-- name: merge_frame_as
+-- Merge frame $2 of world $1 with the rule set that merged frame $2 of world $3 (replay).
+SELECT dreamcatcher.merge_frame_with($1, $2, coalesce(
+           (SELECT f.rules FROM dreamcatcher.frame_log f WHERE f.world = $3 AND f.frame = $2),
+           dreamcatcher.rules_at($3, $2)))::text;
 
 -- name: snapshot_export_rules
 -- The rule sets a snapshot of world $1 at frame $2 needs: those that merged its frames and

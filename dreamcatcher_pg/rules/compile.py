@@ -41,7 +41,7 @@ def _items(rules: RuleSet, with_del: bool) -> str:
         fn = reader_name(rules, kind)
         call = f"{fn}(e.item, e.frame, e.stream_id, e.utc, e.pos)" if kind.merge == "append" else f"{fn}(e.item)"
         dels = _ranks_of(rules, kind, True)
-        del_col = (f", e.rank IN ({int_list(dels)})" if dels else ", false") if with_del else ""
+        del_col = (f", e.rank IN ({int_list(dels)}) AS del" if dels else ", false AS del") if with_del else ""
         arms.append(f"SELECT e.*, r.*{del_col} FROM e, {call} r WHERE e.rank IN ({int_list(_ranks_of(rules, kind))})")
     arms.append(f"SELECT e.*, 'unmerged', e.key, NULL, NULL{', false' if with_del else ''} FROM e WHERE e.rank IS NULL")
     return "\n              UNION ALL ".join(arms)

@@ -63,7 +63,7 @@ def _w(kinds: list[Kind], deletes: bool) -> str:
 def _folds(order: str, deletes: bool, strip: list[str]) -> str:
     data = f"w.data - {lit_array(strip)}" if strip else "w.data"
     live = "w.live AND " if deletes else ""
-    head = "max(w.n) AS n, bool_or(w.last_del IS NOT NULL) AS reset, bool_or(w.last_del = w.last_seq) AS ended" \
+    head = "max(w.n) AS n, bool_or(w.last_del IS NOT NULL) AS reset, bool_or(coalesce(w.last_del = w.last_seq, false)) AS ended" \
         if deletes else "count(*) AS n, false AS reset, false AS ended"  # fmt: skip
     return (
         f"{head},\n"
