@@ -44,9 +44,14 @@ def cmd_apply(args: argparse.Namespace, dsn: str) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     elif result.changed:
-        print(f"world {args.world}: rule set {result.rule_set[:16]} merges frames from {result.from_frame} on")
+        print(
+            f"world {args.world}: rule set {result.rule_set[:16]} merges frames from {result.from_frame} on"
+        )
     else:
-        print(f"world {args.world}: these rules are already in effect from frame {result.from_frame}; nothing changed")
+        print(
+            f"world {args.world}: these rules are already in effect from frame {result.from_frame}; "
+            "nothing changed"
+        )
     return 0
 
 
@@ -58,8 +63,12 @@ def cmd_show(args: argparse.Namespace, dsn: str) -> int:
         print(json.dumps([v.__dict__ for v in versions]))
         return 0
     for v in versions:
-        where = "default (frames before any version)" if v.from_frame is None else f"from frame {v.from_frame}"
-        print(f"{where}: rule set {v.rule_set[:16]}{' (built in)' if v.builtin else ''}: {', '.join(v.kinds)}")
+        where = (
+            "default (frames before any version)" if v.from_frame is None else f"from frame {v.from_frame}"
+        )
+        print(
+            f"{where}: rule set {v.rule_set[:16]}{' (built in)' if v.builtin else ''}: {', '.join(v.kinds)}"
+        )
     current = versions[-1]
     print(f"\n# the rules of world {args.world} now ({current.rule_set[:16]}):\n{current.source.rstrip()}")
     return 0

@@ -30,7 +30,9 @@ def _rank_case(rules: RuleSet) -> str:
 
 
 def _ranks_of(rules: RuleSet, kind: Kind, deletes: bool | None = None) -> list[int]:
-    return [i + 1 for i, (_, k, d) in enumerate(rules.ranks()) if k is kind and (deletes is None or d == deletes)]
+    return [
+        i + 1 for i, (_, k, d) in enumerate(rules.ranks()) if k is kind and (deletes is None or d == deletes)
+    ]
 
 
 def _items(rules: RuleSet, with_del: bool) -> str:
@@ -39,11 +41,18 @@ def _items(rules: RuleSet, with_del: bool) -> str:
         if kind.derived is not None:
             continue
         fn = reader_name(rules, kind)
-        call = f"{fn}(e.item, e.frame, e.stream_id, e.utc, e.pos)" if kind.merge == "append" else f"{fn}(e.item)"
+        call = (
+            f"{fn}(e.item, e.frame, e.stream_id, e.utc, e.pos)" if kind.merge == "append" else f"{fn}(e.item)"
+        )
         dels = _ranks_of(rules, kind, True)
         del_col = (f", e.rank IN ({int_list(dels)}) AS del" if dels else ", false AS del") if with_del else ""
-        arms.append(f"SELECT e.*, r.*{del_col} FROM e, {call} r WHERE e.rank IN ({int_list(_ranks_of(rules, kind))})")
-    arms.append(f"SELECT e.*, 'unmerged', e.key, NULL, NULL{', false' if with_del else ''} FROM e WHERE e.rank IS NULL")
+        arms.append(
+            f"SELECT e.*, r.*{del_col} FROM e, {call} r WHERE e.rank IN ({int_list(_ranks_of(rules, kind))})"
+        )
+    arms.append(
+        f"SELECT e.*, 'unmerged', e.key, NULL, NULL{', false' if with_del else ''} "
+        "FROM e WHERE e.rank IS NULL"
+    )
     return "\n              UNION ALL ".join(arms)
 
 
@@ -52,7 +61,8 @@ def _tally_count(rules: RuleSet) -> str:
     field = lit(fields.pop()) if len(fields) == 1 else None
     if field is None and fields:
         arms = " ".join(
-            f"WHEN i.rank IN ({int_list(_ranks_of(rules, k))}) THEN dreamcatcher.jint(i.item -> {lit(k.tally)})"
+            f"WHEN i.rank IN ({int_list(_ranks_of(rules, k))}) "
+            f"THEN dreamcatcher.jint(i.item -> {lit(k.tally)})"
             for k in rules.kinds
             if k.tally is not None
         )
@@ -100,7 +110,9 @@ def merge_sql(rules: RuleSet) -> str:
     if append:
         kinds = "(" + ", ".join(lit(k.name) for k in append) + ")"
         unions.append(
-            "SELECT i.kind, i.ekey, NULL::jsonb, i.data, p_frame, NULL::tid FROM items i "
+            "SELECT i.kind, i.ekey, NULL::jsonb AS old, i.data AS new, p_frame AS first_frame, "
+            "NULL::tid AS old_ctid "
+            "FROM items i "
             f"WHERE i.kind IN {kinds}"
         )
     changes = "\n        UNION ALL ".join(unions)
@@ -113,6 +125,7 @@ def merge_sql(rules: RuleSet) -> str:
         if with_del
         else ""
     )
+    ended_stat = "\n               'ended', (SELECT count(*) FROM ended)," if with_del else ""
     body = f"""
 BEGIN
     WITH
@@ -120,7 +133,8 @@ BEGIN
         SELECT d.frame, d.utc, d.stream_id COLLATE "C" AS stream_id, k.rank, x.pos, k.key, x.item
         FROM dreamcatcher.frame_deltas(p_world, p_frame) d
         CROSS JOIN LATERAL (
-            SELECT kk.key, r.rank, CASE WHEN r.rank IS NULL THEN '[null]'::jsonb ELSE d.payload -> kk.key END AS v
+            SELECT kk.key, r.rank,
+                   CASE WHEN r.rank IS NULL THEN '[null]'::jsonb ELSE d.payload -> kk.key END AS v
             FROM jsonb_object_keys(d.payload) AS kk(key)
             CROSS JOIN LATERAL (SELECT {_rank_case(rules)} AS rank OFFSET 0) r
             WHERE NOT dreamcatcher.is_meta_key(kk.key)
@@ -130,11 +144,12 @@ BEGIN
     items AS MATERIALIZED (
         SELECT x.frame, x.utc, x.stream_id, x.rank, x.pos, x.key,
                CASE WHEN x.reason IS NOT NULL OR x.kind = 'tally' THEN x.item END AS item,
-               x.kind, x.ekey, x.data, x.reason{', x.del' if with_del else ''}
+               x.kind, x.ekey, x.data, x.reason{", x.del" if with_del else ""}
         FROM ({_items(rules, with_del)}) x
     ),
     quarantined AS (
-        INSERT INTO dreamcatcher.quarantine_log (world, frame, stream_id, utc, key, position, reason, item, merged_in)
+        INSERT INTO dreamcatcher.quarantine_log
+            (world, frame, stream_id, utc, key, position, reason, item, merged_in)
         SELECT p_world, q.frame, q.stream_id, q.utc, q.key, q.pos,
                CASE WHEN q.n <= 100 THEN q.reason
                     ELSE format('%s more unreadable items of this delta are not listed one by one '
@@ -148,8 +163,7 @@ BEGIN
         WHERE q.n <= 101
         ORDER BY q.frame, q.utc, q.stream_id, q.rank, q.pos
     ),
-    {(','+chr(10)+'    ').join(steps)},
-    changes AS MATERIALIZED (
+    {"".join(step + "," + chr(10) + "    " for step in steps)}changes AS MATERIALIZED (
         {changes}
     ),
     closed AS (
@@ -160,14 +174,14 @@ BEGIN
 {ends}    written AS (
         INSERT INTO dreamcatcher.entity_versions (world, kind, ekey, data, first_frame, valid_from)
         SELECT p_world, c.kind, c.ekey, c.new, c.first_frame, p_frame FROM changes c
-        WHERE (SELECT count(*) FROM closed) >= 0{' AND c.new IS NOT NULL' if with_del else ''}
+        WHERE (SELECT count(*) FROM closed) >= 0{" AND c.new IS NOT NULL" if with_del else ""}
         RETURNING 1
     )
     SELECT jsonb_build_object(
                'deltas', p_deltas,
                'items', (SELECT count(*) FROM items i WHERE i.kind <> 'unmerged'),
                'quarantined', (SELECT count(*) FROM items i WHERE i.reason IS NOT NULL),
-               'changes', (SELECT count(*) FROM written),{chr(10) + "               'ended', (SELECT count(*) FROM ended)," if with_del else ''}
+               'changes', (SELECT count(*) FROM written),{ended_stat}
                'tallies', (SELECT count(*) FROM items i WHERE i.kind = 'tally'),
                'tally_count', (SELECT coalesce(sum({_tally_count(rules)}), 0)
                                FROM items i WHERE i.kind = 'tally'),
@@ -177,7 +191,8 @@ BEGIN
                                           FROM (SELECT i.key, count(*) AS n FROM items i
                                                 WHERE i.kind = 'unmerged' GROUP BY i.key) k), '{{}}'::jsonb)),
            (SELECT coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.new)), 0)
-                   - coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.old)) FILTER (WHERE c.old IS NOT NULL), 0)
+                   - coalesce(sum(dreamcatcher.entity_hash(c.kind, c.ekey, c.old))
+                                  FILTER (WHERE c.old IS NOT NULL), 0)
             FROM changes c)
       INTO stats, acc;
 END

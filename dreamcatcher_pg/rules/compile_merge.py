@@ -14,9 +14,8 @@ items in one frame is folded with ``jsonb_fold_many`` (linear) instead of ``json
 
 from __future__ import annotations
 
-from .compile_read import reader_name
 from .model import Kind, RuleSet
-from .sqltext import dollar_quote, fn_name, int_list, lit, lit_array
+from .sqltext import fn_name, lit, lit_array
 
 ORDER = "w.frame, w.utc, w.stream_id, w.rank, w.pos"
 ORDER_DESC = "w.frame DESC, w.utc DESC, w.stream_id DESC, w.rank DESC, w.pos DESC"
@@ -36,7 +35,9 @@ def _kinds_in(kinds: list[Kind]) -> str:
 
 
 def _ranks(rules: RuleSet, kind: Kind, deletes: bool | None = None) -> list[int]:
-    return [i + 1 for i, (_, k, d) in enumerate(rules.ranks()) if k is kind and (deletes is None or d == deletes)]
+    return [
+        i + 1 for i, (_, k, d) in enumerate(rules.ranks()) if k is kind and (deletes is None or d == deletes)
+    ]
 
 
 def _has_deletes(kinds: list[Kind]) -> bool:
@@ -52,10 +53,13 @@ def _w(kinds: list[Kind], deletes: bool) -> str:
     return (
         "(SELECT s.*, count(*) FILTER (WHERE s.live) OVER (PARTITION BY s.kind, s.ekey) AS n\n"
         "  FROM (SELECT r.*, NOT r.del AND r.seq > coalesce(r.last_del, 0) AS live\n"
-        "        FROM (SELECT q.*, max(q.seq) FILTER (WHERE q.del) OVER (PARTITION BY q.kind, q.ekey) AS last_del,\n"
+        "        FROM (SELECT q.*,\n"
+        "                     max(q.seq) FILTER (WHERE q.del)\n"
+        "                         OVER (PARTITION BY q.kind, q.ekey) AS last_del,\n"
         "                     max(q.seq) OVER (PARTITION BY q.kind, q.ekey) AS last_seq\n"
-        "              FROM (SELECT i.*, row_number() OVER (PARTITION BY i.kind, i.ekey\n"
-        "                                                   ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos) AS seq\n"
+        "              FROM (SELECT i.*, row_number() OVER (\n"
+        "                        PARTITION BY i.kind, i.ekey\n"
+        "                        ORDER BY i.frame, i.utc, i.stream_id, i.rank, i.pos) AS seq\n"
         f"                    FROM items i WHERE {where}) q) r) s) w"
     )
 
@@ -63,8 +67,12 @@ def _w(kinds: list[Kind], deletes: bool) -> str:
 def _folds(order: str, deletes: bool, strip: list[str]) -> str:
     data = f"w.data - {lit_array(strip)}" if strip else "w.data"
     live = "w.live AND " if deletes else ""
-    head = "max(w.n) AS n, bool_or(w.last_del IS NOT NULL) AS reset, bool_or(coalesce(w.last_del = w.last_seq, false)) AS ended" \
-        if deletes else "count(*) AS n, false AS reset, false AS ended"  # fmt: skip
+    head = (
+        "max(w.n) AS n, bool_or(w.last_del IS NOT NULL) AS reset,\n"
+        "       bool_or(coalesce(w.last_del = w.last_seq, false)) AS ended"
+        if deletes
+        else "count(*) AS n, false AS reset, false AS ended"
+    )
     return (
         f"{head},\n"
         f"       dreamcatcher.jsonb_fold({data} ORDER BY {order}) FILTER (WHERE {live}w.n <= 64) AS small,\n"
@@ -73,7 +81,10 @@ def _folds(order: str, deletes: bool, strip: list[str]) -> str:
 
 
 def _patch() -> str:
-    return "CASE WHEN g.n <= 64 THEN coalesce(g.small, '{}'::jsonb) ELSE dreamcatcher.jsonb_fold_many(g.many) END"
+    return (
+        "CASE WHEN g.n <= 64 THEN coalesce(g.small, '{}'::jsonb) "
+        "ELSE dreamcatcher.jsonb_fold_many(g.many) END"
+    )
 
 
 def _family(name: str, kinds: list[Kind], first: bool, materialized: bool) -> str:
@@ -124,7 +135,8 @@ def _accum(name: str, kind: Kind, materialized: bool) -> str:
                 "              FROM (SELECT DISTINCT x.e::text AS t\n"
                 f"                    FROM jsonb_array_elements(jsonb_build_array(b.base -> {q})"
                 f" || coalesce(p.s{j}, '[]'::jsonb)) AS r(v)\n"
-                "                    CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(r.v)) AS x(e)) u)"
+                "                    CROSS JOIN LATERAL\n"
+                "                        jsonb_array_elements(dreamcatcher.jlist(r.v)) AS x(e)) u)"
             )
         parts.append(
             f"CASE WHEN coalesce(p.h{j}, false) OR b.base ? {q} THEN jsonb_build_object({q}, {value}) "
@@ -140,7 +152,8 @@ def _accum(name: str, kind: Kind, materialized: bool) -> str:
     aggs_sql = ",\n                       ".join(aggs)
     return (
         f"{name} AS {'MATERIALIZED ' if materialized else ''}(\n"
-        f"    SELECT p.kind, p.ekey, v.data AS old, n.data AS new, {first_frame} AS first_frame, v.ctid AS old_ctid\n"
+        "    SELECT p.kind, p.ekey, v.data AS old, n.data AS new,\n"
+        f"           {first_frame} AS first_frame, v.ctid AS old_ctid\n"
         f"    FROM (SELECT g.*, {_patch()} AS patch\n"
         f"          FROM (SELECT w.kind, w.ekey, {aggs_sql}\n"
         f"                FROM {_w([kind], deletes)}\n"
@@ -157,11 +170,13 @@ def _contents(kinds: list[Kind]) -> str:
     """key = "content": every copy is identical, so an entity is written once, when new."""
     return (
         "contents AS (\n"
-        "    SELECT g.kind, g.ekey, NULL::jsonb AS old, g.data AS new, p_frame AS first_frame, NULL::tid AS old_ctid\n"
+        "    SELECT g.kind, g.ekey, NULL::jsonb AS old, g.data AS new,\n"
+        "           p_frame AS first_frame, NULL::tid AS old_ctid\n"
         "    FROM (SELECT DISTINCT ON (i.kind, i.ekey) i.kind, i.ekey, i.data FROM items i\n"
         f"          WHERE i.kind IN {_kinds_in(kinds)} AND i.reason IS NULL ORDER BY i.kind, i.ekey) g\n"
         "    WHERE NOT EXISTS (SELECT 1 FROM dreamcatcher.entity_versions c\n"
-        "                      WHERE c.world = p_world AND c.kind = g.kind AND c.ekey = g.ekey AND c.valid_to IS NULL)\n"
+        "                      WHERE c.world = p_world AND c.kind = g.kind AND c.ekey = g.ekey\n"
+        "                        AND c.valid_to IS NULL)\n"
         ")"
     )
 
@@ -173,6 +188,7 @@ def _derived(name: str, kind: Kind, source_step: str, deletes: bool) -> str:
     assert d is not None
     grp, src, count, me = lit(d.group), lit(d.source), lit(d.count), lit(kind.name)
     target_name = lit(d.target or "target")
+    not_del = " AND NOT i.del" if deletes else ""
     target_item = f"dreamcatcher.jint(i.data -> {lit(d.target)})" if d.target else "NULL::bigint"
     return (
         f"{name} AS (\n"
@@ -182,17 +198,20 @@ def _derived(name: str, kind: Kind, source_step: str, deletes: bool) -> str:
         f"                 (array_agg(u.target ORDER BY {ORDER_DESC.replace('w.', 'u.')})\n"
         "                      FILTER (WHERE u.target IS NOT NULL))[1] AS target\n"
         f"          FROM (SELECT c.new ->> {grp} AS grp, 1 AS new_one, NULL::bigint AS target,\n"
-        "                       NULL::bigint AS frame, NULL::timestamptz AS utc, NULL::text COLLATE \"C\" AS stream_id,\n"
+        "                       NULL::bigint AS frame, NULL::timestamptz AS utc,\n"
+        '                       NULL::text COLLATE "C" AS stream_id,\n'
         "                       NULL::integer AS rank, NULL::bigint AS pos\n"
         f"                FROM {source_step} c WHERE c.kind = {src} AND c.old IS NULL"
         f"{' AND c.new IS NOT NULL' if deletes else ''}\n"
         "                UNION ALL\n"
-        f"                SELECT i.data ->> {grp}, 0, {target_item}, i.frame, i.utc, i.stream_id, i.rank, i.pos\n"
-        f"                FROM items i WHERE i.kind = {src} AND i.reason IS NULL{' AND NOT i.del' if deletes else ''}) u\n"
+        f"                SELECT i.data ->> {grp}, 0, {target_item},\n"
+        "                       i.frame, i.utc, i.stream_id, i.rank, i.pos\n"
+        f"                FROM items i WHERE i.kind = {src} AND i.reason IS NULL{not_del}) u\n"
         "          GROUP BY u.grp) b\n"
         f"    {CURRENT.format(kind=me, ekey='b.grp')}\n"
         "    CROSS JOIN LATERAL (\n"
-        f"        SELECT coalesce(b.target, (v.data ->> {target_name})::bigint, {int(d.target_default)}) AS target,\n"
+        f"        SELECT coalesce(b.target, (v.data ->> {target_name})::bigint,\n"
+        f"                        {int(d.target_default)}) AS target,\n"
         f"               coalesce((v.data ->> {count})::bigint, 0) + b.new_count AS n\n"
         "    ) t\n"
         "    CROSS JOIN LATERAL (\n"

@@ -77,7 +77,9 @@ def _base_data(kind: Kind) -> str:
     arms = [f"WHEN ty.t = 'object' THEN {_renamed(kind)}"]
     bare = _bare_cond(kind)
     if bare is not None and kind.bare is not None:
-        arms.append(f"WHEN {bare} THEN jsonb_build_object({lit(kind.bare)}, {_typed(kind, kind.bare, 'p_item')})")
+        arms.append(
+            f"WHEN {bare} THEN jsonb_build_object({lit(kind.bare)}, {_typed(kind, kind.bare, 'p_item')})"
+        )
     if kind.content_key:
         return f"CASE WHEN ty.t = 'object' THEN {_renamed(kind)} ELSE p_item END"
     return "CASE " + " ".join(arms) + " ELSE '{}'::jsonb END"
@@ -120,7 +122,10 @@ def _checks(rules: RuleSet, kind: Kind) -> list[tuple[str, str]]:
     if kind.merge == "sum":
         for f in kind.fields:
             out.append(
-                (f"jsonb_typeof(dd.data -> {lit(f)}) NOT IN ('number', 'null')", f"{kind.name} {f} is not a number")
+                (
+                    f"jsonb_typeof(dd.data -> {lit(f)}) NOT IN ('number', 'null')",
+                    f"{kind.name} {f} is not a number",
+                )
             )
     for d in (k.derived for k in rules.kinds):
         if d is not None and d.source == kind.name and d.target is not None:
@@ -159,7 +164,9 @@ def _reason(rules: RuleSet, kind: Kind) -> str:
     if kind.fallback == "content":
         arms.append(f"ELSE {lit(f'{kind.name} has no readable {kind.key[0]} and no content')}")
     else:
-        missing = ", ".join(f"CASE WHEN z.f{kind.key.index(f) + 1} IS NULL THEN {lit(f)} END" for f in kind.required)
+        missing = ", ".join(
+            f"CASE WHEN z.f{kind.key.index(f) + 1} IS NULL THEN {lit(f)} END" for f in kind.required
+        )
         arms.append(f"ELSE {lit(f'{kind.name} has no readable ')} || concat_ws(', ', {missing})")
     return "CASE " + " ".join(arms) + " END"
 
@@ -170,7 +177,9 @@ def _keyed_reader(rules: RuleSet, kind: Kind) -> str:
     mx = ""
     if kind.patterns:
         ty += ", CASE WHEN jsonb_typeof(p_item) = 'string' THEN p_item #>> '{}' END AS s"
-        ms = ", ".join(f"regexp_match(ty.s, {lit(p.match)}) AS m{j}" for j, p in enumerate(kind.patterns, start=1))
+        ms = ", ".join(
+            f"regexp_match(ty.s, {lit(p.match)}) AS m{j}" for j, p in enumerate(kind.patterns, start=1)
+        )
         mx = f" CROSS JOIN LATERAL (SELECT {ms} OFFSET 0) mx"
     z = ", ".join(["ty.t", *fields, f"{_base_data(kind)} AS d"])
     kind_col = lit(kind.name) + "::text"
@@ -206,7 +215,8 @@ def reader_sql(rules: RuleSet, kind: Kind) -> str:
     else:
         body = _keyed_reader(rules, kind)
         args = "p_item jsonb"
+    quoted = "\n    " + body + "\n"
     return (
         f"CREATE OR REPLACE FUNCTION {name}({args})\nRETURNS {_ENTITY}\n"
-        f"LANGUAGE sql IMMUTABLE PARALLEL SAFE AS {dollar_quote(chr(10) + '    ' + body + chr(10), rules.tag)};\n"
+        f"LANGUAGE sql IMMUTABLE PARALLEL SAFE AS {dollar_quote(quoted, rules.tag)};\n"
     )

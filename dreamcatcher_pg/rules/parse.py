@@ -21,8 +21,8 @@ from .model import (
     MERGES,
     RESERVED_KINDS,
     Derived,
-    Kind,
     KeyType,
+    Kind,
     Merge,
     Pattern,
     RuleSet,
@@ -107,7 +107,7 @@ class _Reader:
         if value is not None and (not isinstance(value, str) or not value):
             self.fail(kind, option, f"{option} must be a non-empty string")
             return None
-        return cast("str | None", value)
+        return value if isinstance(value, str) else None
 
     def flag(self, kind: str, table: dict[str, Any], option: str, default: bool) -> bool:
         value = table.get(option, default)
@@ -144,7 +144,9 @@ class _Reader:
         if "fields" in table and merge not in FIELD_MERGES:
             self.fail(name, "fields", f"merge {merge!r} takes no fields (only sum and set do)")
         if merge in FIELD_MERGES and not fields:
-            self.fail(name, "fields" if "fields" in table else "merge", f"merge {merge!r} needs fields = [...]")
+            self.fail(
+                name, "fields" if "fields" in table else "merge", f"merge {merge!r} needs fields = [...]"
+            )
         if merge == "append":
             for option in sorted(set(table) & KEYED_OPTIONS):
                 self.fail(name, option, f"merge 'append' keeps every item: it takes no {option}")
@@ -152,21 +154,28 @@ class _Reader:
         return self.keyed(name, table, cast(Merge, merge), sources, fields)
 
     def keyed(
-        self, name: str, table: dict[str, Any], merge: Merge, sources: tuple[str, ...], fields: tuple[str, ...]
+        self,
+        name: str,
+        table: dict[str, Any],
+        merge: Merge,
+        sources: tuple[str, ...],
+        fields: tuple[str, ...],
     ) -> Kind | None:
         raw_key = table.get("key")
         content = raw_key == "content"
         if raw_key is None:
-            self.fail(name, None, f"merge {merge!r} needs a key (key = [\"field\", ...] or key = \"content\")")
+            self.fail(name, None, f'merge {merge!r} needs a key (key = ["field", ...] or key = "content")')
             return None
         if content:
             key: tuple[str, ...] = ()
             if merge != "first":
-                self.fail(name, "key", "key = \"content\" dedupes identical items: it goes with merge = \"first\"")
+                self.fail(
+                    name, "key", 'key = "content" dedupes identical items: it goes with merge = "first"'
+                )
             for option in sorted(set(table) & (KEYED_OPTIONS - {"key", "aliases", "drop_aliases"})):
                 self.fail(name, option, f"a content key takes no {option}")
         elif isinstance(raw_key, str):
-            self.fail(name, "key", f"key must be a list of fields (key = [{raw_key!r}]) or \"content\"")
+            self.fail(name, "key", f'key must be a list of fields (key = [{raw_key!r}]) or "content"')
             return None
         else:
             key = self.strings(name, table, "key")
@@ -175,13 +184,13 @@ class _Reader:
         types: dict[str, KeyType] = {}
         raw_types = table.get("types", {})
         if not isinstance(raw_types, dict):
-            self.fail(name, "types", "types must be a table: types = { field = \"int\" }")
+            self.fail(name, "types", 'types must be a table: types = { field = "int" }')
             raw_types = {}
         for f, t in raw_types.items():
             if f not in key:
                 self.fail(name, "types", f"types names {f!r}, which is not a key field")
             elif t not in ("int", "text"):
-                self.fail(name, "types", f"type of {f!r} must be \"int\" or \"text\", not {t!r}")
+                self.fail(name, "types", f'type of {f!r} must be "int" or "text", not {t!r}')
             else:
                 types[f] = cast(KeyType, t)
         optional = self.strings(name, table, "optional")
@@ -198,9 +207,11 @@ class _Reader:
         tally = self.text(name, table, "tally")
         fallback = self.text(name, table, "fallback")
         if fallback is not None and fallback != "content":
-            self.fail(name, "fallback", "the only fallback is \"content\"")
+            self.fail(name, "fallback", 'the only fallback is "content"')
         if fallback is not None and merge != "first":
-            self.fail(name, "fallback", "a content fallback dedupes identical items: it goes with merge = \"first\"")
+            self.fail(
+                name, "fallback", 'a content fallback dedupes identical items: it goes with merge = "first"'
+            )
         for f in fields:
             if f in key:
                 self.fail(name, "fields", f"{f!r} is a key field; fields lists the fields to {merge}")
@@ -216,7 +227,7 @@ class _Reader:
     def aliases(self, name: str, table: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         raw = table.get("aliases", {})
         if not isinstance(raw, dict):
-            self.fail(name, "aliases", "aliases must be a table: aliases = { field = [\"other_name\"] }")
+            self.fail(name, "aliases", 'aliases must be a table: aliases = { field = ["other_name"] }')
             return {}
         out: dict[str, tuple[str, ...]] = {}
         seen: set[str] = set()
@@ -227,7 +238,9 @@ class _Reader:
                 self.fail(name, "aliases", f"aliases of {f!r} must be a list of names")
                 continue
             if seen & {f, *names} or f in names:
-                self.fail(name, "aliases", f"{f!r}: a name is an alias of one field only, and not a field too")
+                self.fail(
+                    name, "aliases", f"{f!r}: a name is an alias of one field only, and not a field too"
+                )
             seen |= {f, *names}
             out[f] = tuple(names)
         return out
@@ -252,14 +265,20 @@ class _Reader:
                 self.fail(name, "patterns", f"pattern {p['match']!r} is not a regular expression: {exc}")
                 continue
             if groups != len(fields):
-                self.fail(name, "patterns", f"pattern {p['match']!r} has {groups} groups for {len(fields)} fields")
+                self.fail(
+                    name, "patterns", f"pattern {p['match']!r} has {groups} groups for {len(fields)} fields"
+                )
                 continue
             out.append(Pattern(p["match"], tuple(fields)))
         return tuple(out)
 
     def derived(self, name: str, table: dict[str, Any]) -> Kind | None:
         for option in sorted(set(table) - DERIVED_OPTIONS):
-            self.fail(name, option, f"a derived kind takes no {option!r} (only {', '.join(sorted(DERIVED_OPTIONS))})")
+            self.fail(
+                name,
+                option,
+                f"a derived kind takes no {option!r} (only {', '.join(sorted(DERIVED_OPTIONS))})",
+            )
         source, group = self.text(name, table, "derive"), self.text(name, table, "group")
         count = self.text(name, table, "count") or "count"
         target = self.text(name, table, "target")
@@ -294,7 +313,9 @@ def _check_set(reader: _Reader, kinds: list[Kind]) -> None:
         if src is None or src.derived is not None or src.merge not in KEYED_MERGES or src.content_key:
             reader.fail(k.name, "derive", f"derive must name a keyed kind of this file, not {d.source!r}")
         elif d.group not in src.required:
-            reader.fail(k.name, "group", f"group must be a required key field of {d.source!r}, not {d.group!r}")
+            reader.fail(
+                k.name, "group", f"group must be a required key field of {d.source!r}, not {d.group!r}"
+            )
     if not kinds:
         reader.problems.append(Problem(None, "the file declares no kind ([kinds.NAME])"))
 
@@ -305,10 +326,14 @@ def parse_rules(text: str, name: str = "rules") -> RuleSet:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = _TOML_LINE.search(str(exc))
-        raise RulesError([Problem(int(found.group(1)) if found else None, f"invalid TOML: {exc}")], name) from None
+        raise RulesError(
+            [Problem(int(found.group(1)) if found else None, f"invalid TOML: {exc}")], name
+        ) from None
     reader = _Reader(text)
     for option in sorted(set(doc) - {"kinds", "description"}):
-        reader.problems.append(Problem(None, f"unknown top-level key {option!r} (rules go in [kinds.NAME] tables)"))
+        reader.problems.append(
+            Problem(None, f"unknown top-level key {option!r} (rules go in [kinds.NAME] tables)")
+        )
     raw_kinds = doc.get("kinds", {})
     kinds: list[Kind] = []
     if isinstance(raw_kinds, dict):

@@ -46,7 +46,9 @@ async def install_rule_set(conn: asyncpg.Connection, rules: RuleSet, *, builtin:
         return False
     await conn.execute("SET LOCAL standard_conforming_strings = on")
     await conn.execute(compile_rules(rules))
-    await conn.execute(query("rules_insert"), rules.id, rules.tag, rules.source, rules.normalized_json(), builtin)
+    await conn.execute(
+        query("rules_insert"), rules.id, rules.tag, rules.source, rules.normalized_json(), builtin
+    )
     return True
 
 
@@ -67,7 +69,12 @@ class ApplyResult:
     changed: bool  # False: these rules were already in effect there
 
     def to_dict(self) -> dict[str, Any]:
-        return {"world": self.world, "rule_set": self.rule_set, "from_frame": self.from_frame, "changed": self.changed}
+        return {
+            "world": self.world,
+            "rule_set": self.rule_set,
+            "from_frame": self.from_frame,
+            "changed": self.changed,
+        }
 
 
 async def apply_rules(
@@ -84,7 +91,8 @@ async def apply_rules(
         elif from_frame < first_free:
             raise RulesApplyError(
                 f"world {world!r}: frame {from_frame} is already merged (or being merged); rules never "
-                f"rewrite merged history: use --from-frame {first_free} or later, or replay the log into a new world"
+                f"rewrite merged history: use --from-frame {first_free} or later, "
+                "or replay the log into a new world"
             )
         if from_frame < 0:
             raise RulesApplyError("from_frame must be 0 or more")
@@ -110,8 +118,11 @@ async def show_rules(conn_or_dsn: ConnOrDsn, world: str) -> list[RuleVersion]:
         rows = await conn.fetch(query("rules_of_world"), world)
     return [
         RuleVersion(
-            r["from_frame"], r["rule_set"], r["source"],
-            [k["name"] for k in orjson.loads(r["normalized"])["kinds"]], r["builtin"],
-        )  # fmt: skip
+            r["from_frame"],
+            r["rule_set"],
+            r["source"],
+            [k["name"] for k in orjson.loads(r["normalized"])["kinds"]],
+            r["builtin"],
+        )
         for r in rows
     ]

@@ -35,7 +35,10 @@ async def test_default_rules_reproduce_the_hand_written_merge(dreamcatcher_dsn: 
         got = await fingerprint(conn)
     assert got["frames"] == expected["frames"]
     assert (got["versions"], got["versions_sha256"]) == (expected["versions"], expected["versions_sha256"])
-    assert (got["quarantined"], got["quarantine_sha256"]) == (expected["quarantined"], expected["quarantine_sha256"])
+    assert (got["quarantined"], got["quarantine_sha256"]) == (
+        expected["quarantined"],
+        expected["quarantine_sha256"],
+    )
 
 
 async def test_corpus_frame_hashes_are_unchanged(dreamcatcher_dsn: str) -> None:

@@ -35,7 +35,6 @@ FRAME_3 = {
 }
 
 
-
 # The definitions, written the slow, obvious way: every version alive right after a frame.
 NAIVE_ENTITIES_AT = """
 SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from AS last_frame
