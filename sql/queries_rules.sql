@@ -54,13 +54,37 @@ SELECT dreamcatcher.merge_frame_with($1, $2, coalesce(
            (SELECT f.rules FROM dreamcatcher.frame_log f WHERE f.world = $3 AND f.frame = $2),
            dreamcatcher.rules_at($3, $2)))::text;
 
+-- name: export_dir_rules
+-- Where the rules of world $1 change, over its merged frames up to $2 (all when NULL) and
+-- its rule versions beyond them; nothing when every one is the database's default.
+WITH d AS (SELECT rule_set FROM dreamcatcher.rule_defaults),
+f AS (
+    SELECT x.frame, x.rs, lag(x.rs) OVER (ORDER BY x.frame) AS prev
+    FROM (SELECT fl.frame, coalesce(fl.rules, (SELECT rule_set FROM d)) AS rs
+          FROM dreamcatcher.frame_log fl
+          WHERE fl.world = $1 AND fl.status = 'merged' AND ($2::bigint IS NULL OR fl.frame <= $2)) x
+),
+points AS (
+    SELECT f.frame AS from_frame, f.rs FROM f WHERE f.prev IS DISTINCT FROM f.rs
+    UNION ALL
+    SELECT w.from_frame, w.rule_set FROM dreamcatcher.world_rules w
+    WHERE w.world = $1 AND w.from_frame > coalesce((SELECT max(f.frame) FROM f), -1)
+)
+SELECT p.from_frame, r.source
+FROM points p JOIN dreamcatcher.rule_sets r ON r.id = p.rs
+WHERE EXISTS (SELECT 1 FROM points q WHERE q.rs IS DISTINCT FROM (SELECT rule_set FROM d))
+ORDER BY p.from_frame;
+
 -- name: snapshot_export_rules
 -- The rule sets a snapshot of world $1 at frame $2 needs: those that merged its frames and
 -- those of its rule versions; then its rule versions.
-SELECT jsonb_build_object('rule_set', r.id, 'source', r.source)::text
-FROM dreamcatcher.rule_sets r
-WHERE r.id IN (SELECT f.rules FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.frame <= $2)
-   OR r.id IN (SELECT w.rule_set FROM dreamcatcher.world_rules w WHERE w.world = $1)
-UNION ALL
-SELECT * FROM (SELECT jsonb_build_object('from_frame', w.from_frame, 'version', w.rule_set)::text
-               FROM dreamcatcher.world_rules w WHERE w.world = $1 ORDER BY w.from_frame) v;
+SELECT x.line FROM (
+    SELECT 0 AS part, r.id AS k, jsonb_build_object('rule_set', r.id, 'source', r.source)::text AS line
+    FROM dreamcatcher.rule_sets r
+    WHERE r.id IN (SELECT f.rules FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.frame <= $2)
+       OR r.id IN (SELECT w.rule_set FROM dreamcatcher.world_rules w WHERE w.world = $1)
+    UNION ALL
+    SELECT 1, lpad(w.from_frame::text, 20, '0'),
+           jsonb_build_object('from_frame', w.from_frame, 'version', w.rule_set)::text
+    FROM dreamcatcher.world_rules w WHERE w.world = $1) x
+ORDER BY x.part, x.k;

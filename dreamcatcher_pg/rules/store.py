@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -88,6 +91,8 @@ async def apply_rules(
         first_free = 0 if horizon is None else int(horizon) + 1
         if from_frame is None:
             from_frame = first_free
+        elif await conn.fetchval(query("rules_at"), world, from_frame) == rules.id:
+            return ApplyResult(world, rules.id, from_frame, changed=False)
         elif from_frame < first_free:
             raise RulesApplyError(
                 f"world {world!r}: frame {from_frame} is already merged (or being merged); rules never "
@@ -101,6 +106,36 @@ async def apply_rules(
         await install_rule_set(conn, rules)
         await conn.execute(query("rules_put_world"), world, from_frame, rules.id)
     return ApplyResult(world, rules.id, from_frame, changed=True)
+
+
+#: The rules files ``export-dir`` writes beside the delta files, and ``ingest`` applies.
+RULES_FILE = re.compile(r"^rules-from-frame-(\d+)\.toml$")
+
+
+def rules_file_name(from_frame: int) -> str:
+    return f"rules-from-frame-{from_frame}.toml"
+
+
+def _rules_files(directory: Path) -> list[tuple[int, RuleSet]]:
+    found = sorted(
+        (int(m.group(1)), p) for p in directory.iterdir() if (m := RULES_FILE.match(p.name)) and p.is_file()
+    )
+    return [(n, parse_rules(p.read_text(encoding="utf-8"), str(p))) for n, p in found]
+
+
+async def apply_directory_rules(conn: asyncpg.Connection, world: str, directory: Path) -> list[ApplyResult]:
+    """Apply the ``rules-from-frame-N.toml`` files of a delta directory to ``world``, in frame order."""
+    found = await asyncio.to_thread(_rules_files, directory)
+    return [await apply_rules(conn, world, rules, from_frame=n) for n, rules in found]
+
+
+async def export_directory_rules(
+    conn: asyncpg.Connection, world: str, to_frame: int | None
+) -> dict[str, str]:
+    """The rules files of ``world`` for ``export-dir`` (file name -> TOML): one per frame from which
+    other rules merged (or will merge) it; none when every frame is the database's default's."""
+    rows = await conn.fetch(query("export_dir_rules"), world, to_frame)
+    return {rules_file_name(int(r["from_frame"])): str(r["source"]) for r in rows}
 
 
 @dataclass(frozen=True)
