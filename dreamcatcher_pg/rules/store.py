@@ -47,7 +47,7 @@ async def install_rule_set(conn: asyncpg.Connection, rules: RuleSet, *, builtin:
     """Create the rule set's functions and row unless it is there; True when it was new."""
     if await conn.fetchval(query("rules_known"), rules.id):
         return False
-    await conn.execute("SET LOCAL standard_conforming_strings = on")
+    await conn.execute("SET LOCAL standard_conforming_strings = on")  # what sqltext.lit relies on
     await conn.execute(compile_rules(rules))
     await conn.execute(
         query("rules_insert"), rules.id, rules.tag, rules.source, rules.normalized_json(), builtin
