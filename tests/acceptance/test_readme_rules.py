@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -43,11 +44,12 @@ async def test_readme_rules_commands_and_sql(dreamcatcher_dsn: str) -> None:
         argv = shlex.split(command.replace('"$DREAMCATCHER_DSN"', dreamcatcher_dsn))
         argv = [sys.executable, "-m", "dreamcatcher_pg", *argv[1:]] if argv[0] == "dreamcatcher" else argv
         argv = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
-        proc = subprocess.run(
-            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        assert proc.returncode == 0, (command, proc.stderr)
-        outputs.append(proc.stdout)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, (command, err.decode())
+        outputs.append(out.decode())
     assert ": ok, 3 kinds" in outputs[0]
     assert "merges frames from 0 on" in outputs[1]
     assert "from frame 0: rule set" in outputs[2] and "unit, event, stock" in outputs[2]
