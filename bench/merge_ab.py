@@ -52,7 +52,7 @@ CLOSED_FRAME = (
 )
 BASELINE = Path(__file__).with_name("baseline_merge.sql")
 SIZES = {"tiny": (1_000,), "small": (10_000, 100_000), "full": (10_000, 100_000)}
-REPS = {1_000: 3, 10_000: 3, 100_000: 2}
+REPS = {1_000: 3, 10_000: 3, 100_000: 3}
 
 USER_RULES = """
 [kinds.unit]

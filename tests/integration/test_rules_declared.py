@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 from helpers import connection, fetch, merge_until_idle
+from test_roles import Cast, W, at, cast
+from test_roles import connect as roles_connect
+from test_roles import merge_as as roles_merge_as
 
-from dreamcatcher_pg import DeltaClient
+from dreamcatcher_pg import DeltaClient, DreamcatcherError
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.ingest import ingest_directory
 from dreamcatcher_pg.rules import (
@@ -26,6 +29,7 @@ from dreamcatcher_pg.rules import (
 from dreamcatcher_pg.timetravel import export_dir, export_snapshot, import_snapshot, replay_verify
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
+__all__ = ["cast"]  # the fixture of test_roles: a schema owner, worker, merger and reader logins
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SIM = EXAMPLES / "simulation" / "rules.toml"
@@ -229,3 +233,31 @@ async def test_entities_give_each_key_as_a_json_array(dreamcatcher_dsn: str) -> 
         assert comments[0] == ["c1"] and comments[1][0].startswith("content:") and len(comments) == 2
         assert await keys("default", "reaction") == [["p", "like", None]]
         assert await keys("default", "observation") == [None]
+
+
+# -- roles ---------------------------------------------------------------------------------------
+
+
+async def test_with_roles_the_merger_merges_declared_rules_and_only_the_owner_applies_them(
+    cast: Cast,
+) -> None:
+    rules = parse_rules(SIM.read_text())
+    await apply_rules(cast.dsn, W, rules)
+    async with DeltaClient.connect(cast.url(cast.worker), stream_id="s1", world=W) as dc:
+        await dc.insert_delta(
+            1, {"units_spawned": [1, 2], "stock_changes": [{"depot": "d", "item": "i", "qty": 2}]}
+        )
+        await dc.insert_delta(1, {"units_destroyed": [2], "events": ["e"]}, utc=at(5))
+        await dc.close_frame(1)
+    await roles_merge_as(cast.url(cast.merger), W)
+    async with roles_connect(cast.url(cast.reader)) as conn:
+        units = await conn.fetch("SELECT key::text FROM dreamcatcher.entities($1, 'unit')", W)
+        assert [r[0] for r in units] == ["[1]"]
+        assert await conn.fetchval("SELECT count(*) FROM dreamcatcher.entities_at($1, 'event', 1)", W) == 1
+    for login in (cast.merger, cast.reader, cast.worker):
+        with pytest.raises(DreamcatcherError):
+            await apply_rules(cast.url(login), "other", parse_rules(REVIEW.read_text()))
+        with pytest.raises(DreamcatcherError):
+            await apply_rules(
+                cast.url(login), "other", rules
+            )  # installed already: the version row is refused
