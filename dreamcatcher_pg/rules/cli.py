@@ -81,20 +81,23 @@ def register(sub: Any) -> None:
         description="Merge rules are data: a TOML file with one [kinds.NAME] table per entity kind "
         "(docs/rules.md). A world without rules uses the built-in default rule set.",
     )
-    rsub = p.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+    rsub = p.add_subparsers(
+        dest="rules_command", required=True, metavar="SUBCOMMAND",
+        help="check FILE | apply FILE --world W [--from-frame N] | show --world W",
+    )  # fmt: skip
     a = rsub.add_parser("apply", help="merge a world's frames with these rules from a frame on")
     a.add_argument("file", help="the rules file (TOML)")
-    a.add_argument("--world", required=True)
+    a.add_argument("--world", required=True, help="the world whose frames these rules merge")
     a.add_argument(
         "--from-frame", type=int, default=None, metavar="N",
         help="the first frame they merge (default: the first frame not merged yet); never a merged one",
     )  # fmt: skip
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=cmd_apply)
     s = rsub.add_parser("show", help="a world's rule versions, and the rules it merges with now")
-    s.add_argument("--world", required=True)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--world", required=True, help="the world")
+    s.add_argument("--json", action="store_true", help="print the versions as JSON")
     s.set_defaults(func=cmd_show)
     c = rsub.add_parser("check", help="check a rules file: errors with their line, exit 1")
-    c.add_argument("file", type=lambda v: str(Path(v)))
+    c.add_argument("file", type=lambda v: str(Path(v)), help="the rules file (TOML)")
     c.set_defaults(func=cmd_check, needs_dsn=False)

@@ -15,6 +15,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -58,18 +59,21 @@ async def run(dsn: str, world: str) -> dict[str, object]:
     conn = await asyncpg.connect(dsn)
     try:
 
-        async def kind(name: str) -> list[tuple[object, object]]:
+        async def kind(name: str) -> list[tuple[Any, Any]]:
+            """(key, data) of the current entities of a kind, by key."""
             rows = await conn.fetch(
-                "SELECT key::text, data::text FROM dreamcatcher.entities($1, $2)", world, name
+                "SELECT key::text, data::text FROM dreamcatcher.entities($1, $2) ORDER BY key::text",
+                world,
+                name,
             )
-            return sorted(((json.loads(r["key"]) if r["key"] else None), json.loads(r["data"])) for r in rows)  # type: ignore[type-var]
+            return [(json.loads(r["key"]), json.loads(r["data"])) for r in rows]
 
         return {
             "files": len(await kind("file")),
             "reviews": len(await kind("review")),
-            "labels": {str(k[0]): d["tags"] for k, d in await kind("label")},  # type: ignore[index]
+            "labels": {str(k[0]): d["tags"] for k, d in await kind("label")},
             "findings": len(await kind("finding")),
-            "approved": {str(k[0]): d["compiled_frame"] for k, d in await kind("approval")},  # type: ignore[index]
+            "approved": {str(k[0]): d["compiled_frame"] for k, d in await kind("approval")},
         }
     finally:
         await conn.close()
