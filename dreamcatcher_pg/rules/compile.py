@@ -8,7 +8,7 @@ The merge statement's steps are laid out as the hand-written merge had them (see
 
 from __future__ import annotations
 
-from .compile_merge import _accum, _contents, _derived, _family, merge_name
+from .compile_merge import accum_step, contents_step, derived_step, family_step, merge_name
 from .compile_read import reader_name, reader_sql
 from .model import Kind, RuleSet
 from .sqltext import dollar_quote, int_list, lit
@@ -82,21 +82,23 @@ def _steps(rules: RuleSet) -> tuple[list[str], list[str]]:
     first = [k for k in kinds if k.merge == "first" and not k.content_key]
     content = [k for k in kinds if k.content_key]
     if lww:
-        steps.append(_family("upserted", lww, first=False, materialized=any(k.name in sources for k in lww)))
+        steps.append(
+            family_step("upserted", lww, first=False, materialized=any(k.name in sources for k in lww))
+        )
         step_of.update((k.name, "upserted") for k in lww)
     if first:
-        steps.append(_family("appended", first, first=True, materialized=True))
+        steps.append(family_step("appended", first, first=True, materialized=True))
         step_of.update((k.name, "appended") for k in first)
     for n, k in enumerate((k for k in kinds if k.merge in ("sum", "set")), start=1):
-        steps.append(_accum(f"accum_{n}", k, materialized=k.name in sources))
+        steps.append(accum_step(f"accum_{n}", k, materialized=k.name in sources))
         step_of[k.name] = f"accum_{n}"
     if content:
-        steps.append(_contents(content))
+        steps.append(contents_step(content))
     names = [s.split(" AS ", 1)[0] for s in steps]
     for n, k in enumerate((k for k in rules.kinds if k.derived is not None), start=1):
         assert k.derived is not None
         source = rules.kind(k.derived.source)
-        steps.append(_derived(f"derived_{n}", k, step_of[source.name], bool(source.delete)))
+        steps.append(derived_step(f"derived_{n}", k, step_of[source.name], bool(source.delete)))
         names.append(f"derived_{n}")
     return steps, names
 

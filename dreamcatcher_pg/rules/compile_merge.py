@@ -34,12 +34,6 @@ def _kinds_in(kinds: list[Kind]) -> str:
     return "(" + ", ".join(lit(k.name) for k in kinds) + ")"
 
 
-def _ranks(rules: RuleSet, kind: Kind, deletes: bool | None = None) -> list[int]:
-    return [
-        i + 1 for i, (_, k, d) in enumerate(rules.ranks()) if k is kind and (deletes is None or d == deletes)
-    ]
-
-
 def _has_deletes(kinds: list[Kind]) -> bool:
     return any(k.delete for k in kinds)
 
@@ -87,7 +81,7 @@ def _patch() -> str:
     )
 
 
-def _family(name: str, kinds: list[Kind], first: bool, materialized: bool) -> str:
+def family_step(name: str, kinds: list[Kind], first: bool, materialized: bool) -> str:
     """lww (each field: the last write wins) or first (the first write of each field wins, a
     later one may only add fields still missing) over the current version."""
     deletes = _has_deletes(kinds)
@@ -116,7 +110,7 @@ def _family(name: str, kinds: list[Kind], first: bool, materialized: bool) -> st
     )
 
 
-def _accum(name: str, kind: Kind, materialized: bool) -> str:
+def accum_step(name: str, kind: Kind, materialized: bool) -> str:
     """sum / set: the listed fields add up / are unioned; the other fields last-write-wins."""
     deletes = _has_deletes([kind])
     live = "w.live" if deletes else "true"
@@ -166,7 +160,7 @@ def _accum(name: str, kind: Kind, materialized: bool) -> str:
     )
 
 
-def _contents(kinds: list[Kind]) -> str:
+def contents_step(kinds: list[Kind]) -> str:
     """key = "content": every copy is identical, so an entity is written once, when new."""
     return (
         "contents AS (\n"
@@ -181,7 +175,7 @@ def _contents(kinds: list[Kind]) -> str:
     )
 
 
-def _derived(name: str, kind: Kind, source_step: str, deletes: bool) -> str:
+def derived_step(name: str, kind: Kind, source_step: str, deletes: bool) -> str:
     """Per group value: the count of source entities created, the target (last write wins
     among the frame's items, else the stored one, else the default) and the frame it compiled."""
     d = kind.derived
