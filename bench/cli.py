@@ -18,6 +18,7 @@ from bench.context import Context
 from bench.ingest import bench_ingest_batch, bench_ingest_single, bench_notify_ceiling
 from bench.latency import bench_latency
 from bench.merge import bench_merge
+from bench.merge_ab import bench_merge_ab
 from bench.peer import bench_peer
 from bench.report import Row, print_report
 from bench.rss import bench_merger_rss
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, tuple[str, ...]]] = {
     "notify_ceiling": (bench_notify_ceiling, ("notify_ceiling",)),
     "latency": (bench_latency, ("latency_p50", "latency_p99")),
     "merge_throughput": (bench_merge, ("merge_throughput", "merge_flatness")),
+    "merge_ab": (bench_merge_ab, ()),
     "asof": (bench_asof, ("asof_posts", "asof_post_lookup")),
     "merger_rss": (bench_merger_rss, ("merger_rss",)),
     "peer": (bench_peer, ("peer", "peer_batch")),

@@ -347,10 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     from . import demo, ingest, timetravel
+    from .rules import cli as rules_cli
 
     ingest.register(sub)
     demo.register(sub)
     timetravel.register(sub)
+    rules_cli.register(sub)
     return parser
 
 
@@ -372,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(args.log_format or settings.log_format, args.verbose, service=args.command == "merger")
     func: Command = args.func
+    if not getattr(args, "needs_dsn", True):  # e.g. `rules check`: no server
+        return func(args, "")
     try:
         with resolve_dsn(args, settings) as dsn:
             return func(args, dsn)

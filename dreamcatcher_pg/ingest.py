@@ -563,6 +563,9 @@ async def ingest_directory(
     except (OSError, asyncpg.PostgresError) as exc:
         raise map_db_error(exc) from exc
     try:
+        from .rules.store import apply_directory_rules  # rules-from-frame-N.toml (export-dir)
+
+        await apply_directory_rules(conn, world, directory)
         statuses = await _store(conn, world, deltas)
         quarantine = _account(report, deltas, statuses, bad)
         if quarantine:

@@ -11,8 +11,9 @@ never holds a scratch world. Frame by frame (in chunks):
    ``late`` flags), and the late deltas deferred into them together with
    their ``deferred_log`` rows, so that every late delta merges into the same
    frame as it did in W;
-2. create the scratch frame rows, closed, and call ``dreamcatcher.merge_frame``
-   on each in ascending order, the very function the merger runs;
+2. create the scratch frame rows, closed, and merge each in ascending order
+   with ``dreamcatcher.merge_frame_with``, the very function the merger runs,
+   and the rule set that merged that frame of W (``frame_log.rules``);
 3. compare the hash and the delta count it returns with what W's merge
    recorded in ``frame_log``.
 
@@ -172,9 +173,15 @@ async def merged_frames(
     return list(await conn.fetch(query("tt_merged_frames"), world, to_frame)), to_frame
 
 
-async def merge_one(conn: asyncpg.Connection, world: str, frame: int) -> tuple[str, int]:
-    """Merge one closed frame in the current transaction; (state hash, delta count)."""
-    raw = await conn.fetchval(query("merge_frame"), world, frame)
+async def merge_one(
+    conn: asyncpg.Connection, world: str, frame: int, *, rules_of: str | None = None
+) -> tuple[str, int]:
+    """Merge one closed frame in the current transaction; (state hash, delta count). With
+    ``rules_of``, merge it with the rule set that merged that frame of world ``rules_of``."""
+    if rules_of is None:
+        raw = await conn.fetchval(query("merge_frame"), world, frame)
+    else:
+        raw = await conn.fetchval(query("merge_frame_as"), world, frame, rules_of)
     if raw is None:
         raise TimeTravelError(f"world {world!r}: frame {frame} was not ready to merge")
     stats = orjson.loads(raw)
@@ -256,7 +263,7 @@ async def _replay(
         previous = upto
         for row in chunk:
             frame = int(row["frame"])
-            state_hash, deltas = await merge_one(conn, scratch, frame)
+            state_hash, deltas = await merge_one(conn, scratch, frame, rules_of=world)
             report.hashes[frame] = state_hash
             report.deltas += deltas
             if verify and (state_hash != row["state_hash"] or deltas != row["delta_count"]):

@@ -2,7 +2,8 @@
 
 The schema lives in ``sql/*.sql`` (installed as the ``dreamcatcher_pg.sql``
 package). Applying it is idempotent: every object is created ``IF NOT EXISTS``
-or ``OR REPLACE``, so running ``init`` twice is safe.
+or ``OR REPLACE``, so running ``init`` twice is safe. The default merge rules
+(``dreamcatcher_pg/rules/default.toml``) are compiled and installed with it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 import asyncpg
 
 #: The files, in the order they are applied.
-SCHEMA_FILES = ("schema.sql", "merge.sql", "timetravel.sql", "views.sql")
+SCHEMA_FILES = ("schema.sql", "merge.sql", "rules.sql", "timetravel.sql", "views.sql")
 
 #: Serialises concurrent ``init`` runs against one database.
 _INIT_LOCK_KEY = 0x64637067_696E6974  # "dcpg" "init"
@@ -31,6 +32,9 @@ async def apply_schema(conn: asyncpg.Connection) -> None:
         await conn.execute("SET LOCAL client_min_messages = warning")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK_KEY)
         await conn.execute(script)
+        from .rules.store import install_default  # the default rule set: compiled from default.toml
+
+        await install_default(conn)
         if await conn.fetchval("SELECT to_regclass('dreamcatcher.stream_owners') IS NOT NULL"):
             # roles are installed (init --roles): re-applying the schema made the entry points
             # SECURITY INVOKER again; restore them, or every worker would be refused

@@ -70,6 +70,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 #: The members after the manifest, in archive order, with the query that exports each.
 MEMBERS = {
+    "rules.jsonl": "snapshot_export_rules",
     "frames.jsonl": "snapshot_export_frames",
     "deltas.jsonl": "snapshot_export_deltas",
     "deferred.jsonl": "snapshot_export_deferred",
@@ -77,6 +78,9 @@ MEMBERS = {
     "late_attempts.jsonl": "snapshot_export_late",
     "state.jsonl": "snapshot_export_state",
 }
+#: Members an archive written before they existed lacks (rules.jsonl: every frame merged by
+#: the default rules).
+OPTIONAL_MEMBERS = frozenset({"rules.jsonl"})
 BATCH = 2000
 MAX_MANIFEST_BYTES = 64 << 20
 #: The longest line a member may hold: one delta row of the largest payload the log accepts
@@ -332,7 +336,7 @@ class _Archive:
             manifest = Manifest.model_validate(doc)
         except ValidationError as exc:
             raise SnapshotCorruptError(f"{self.path}: {MANIFEST} is malformed: {exc}") from exc
-        if set(manifest.members) != set(MEMBERS):
+        if set(manifest.members) - OPTIONAL_MEMBERS != set(MEMBERS) - OPTIONAL_MEMBERS:
             raise SnapshotCorruptError(
                 f"{self.path}: the manifest lists members {sorted(manifest.members)}, "
                 f"expected {sorted(MEMBERS)}"
@@ -360,7 +364,7 @@ class _Archive:
                 raise SnapshotCorruptError(f"{self.path}: unexpected member {member.name!r}")
             seen.append(member.name)
             yield member.name, self._batches(member)
-        missing = [name for name in MEMBERS if name not in seen]
+        missing = [name for name in MEMBERS if name not in seen and name in self.manifest.members]
         if missing:
             raise SnapshotCorruptError(f"{self.path}: truncated: members {missing} are missing")
         # read the compressed stream to its end: its trailer (CRC, length) is checked there
@@ -567,6 +571,9 @@ async def _load(
                 if name == "state.jsonl":
                     await conn.execute(query("snapshot_import_state"), lines)
                     continue
+                if name == "rules.jsonl":
+                    await _import_rules(conn, path, target, batch)
+                    continue
                 await conn.execute(query(_IMPORT_QUERIES[name]), target, lines)
                 if name == "frames.jsonl":
                     frames.extend(orjson.loads(line) for line in batch)
@@ -578,6 +585,27 @@ async def _load(
         if archive is not None:
             archive.close()
     return frames, quarantined
+
+
+async def _import_rules(conn: asyncpg.Connection, path: Path, target: str, lines: list[bytes]) -> None:
+    """Install the archive's rule sets (compiled again from their source: nothing of the archive
+    is trusted) and give ``target`` the archived world's rule versions."""
+    from .rules import RulesError, install_rule_set, parse_rules
+
+    for line in lines:
+        doc = orjson.loads(line)
+        if "source" in doc:
+            try:
+                rules = parse_rules(str(doc["source"]), "rules.jsonl")
+            except RulesError as exc:
+                raise SnapshotCorruptError(f"{path}: a rule set of the archive is not valid: {exc}") from exc
+            if rules.id != doc.get("rule_set"):
+                raise SnapshotCorruptError(
+                    f"{path}: rule set {doc.get('rule_set')} does not match its source"
+                )
+            await install_rule_set(conn, rules)
+        else:
+            await conn.execute(query("rules_put_world"), target, int(doc["from_frame"]), str(doc["version"]))
 
 
 async def _merge_and_check(
@@ -592,7 +620,7 @@ async def _merge_and_check(
         raise SnapshotCorruptError("frames.jsonl and the manifest list different frames")
     for done, row in enumerate(frames, 1):
         frame = int(row["frame"])
-        state_hash, deltas = await merge_one(conn, target, frame)
+        state_hash, deltas = await merge_one(conn, target, frame, rules_of=target)
         expected = manifest.frames[str(frame)]
         if state_hash != expected:
             raise SnapshotVerificationError(
@@ -698,7 +726,9 @@ async def export_dir(
     frame merged a late (deferred) delta: ingest puts it back into its own
     frame, so frames from there to where it was merged can hash differently.
     ``report.late`` counts them. Refuses a directory that already holds
-    ``*.json`` files (ingest would read them too).
+    ``*.json`` files (ingest would read them too). When the world was merged (or
+    is to be merged) with other rules than the database's default, the rules go
+    beside the deltas as ``rules-from-frame-<N>.toml``, which ingest applies first.
     """
     directory = Path(directory)
     if directory.exists():
@@ -714,6 +744,10 @@ async def export_dir(
         await conn.execute("SET LOCAL TimeZone = 'UTC'")
         total = await conn.fetchval(query("export_dir_count"), world, to_frame)
         cursor = await conn.cursor(query("export_dir_deltas"), world, to_frame)
+        from .rules.store import export_directory_rules
+
+        rules_files = await export_directory_rules(conn, world, to_frame)
+        await asyncio.to_thread(_write_files, directory, [(n, s.encode()) for n, s in rules_files.items()])
         while rows := await cursor.fetch(BATCH):
             files = []
             for r in rows:

@@ -124,7 +124,8 @@ ORDER BY x.merged_in, x.frame, x.stream_id COLLATE "C", x.utc;
 -- name: snapshot_export_frames
 SELECT jsonb_build_object('frame', f.frame, 'opened_at', f.opened_at, 'closed_at', f.closed_at,
                           'close_reason', f.close_reason, 'merged_at', f.merged_at,
-                          'delta_count', f.delta_count, 'state_hash', f.state_hash, 'stats', f.stats)::text
+                          'delta_count', f.delta_count, 'state_hash', f.state_hash, 'stats', f.stats,
+                          'rules', f.rules)::text
 FROM dreamcatcher.frame_log f
 WHERE f.world = $1 AND f.status = 'merged' AND f.frame <= $2
 ORDER BY f.frame;
@@ -187,10 +188,11 @@ SELECT $1, (j ->> 'frame')::bigint, j ->> 'stream_id', (j ->> 'utc')::timestampt
 FROM unnest($2::text[]) AS t(line) CROSS JOIN LATERAL (SELECT t.line::jsonb AS j) x;
 
 -- name: snapshot_import_frames
--- The frames, closed and ready to merge, with their original open/close times.
-INSERT INTO dreamcatcher.frame_log (world, frame, status, opened_at, closed_at, close_reason)
+-- The frames, closed and ready to merge, with their original open/close times and the rule
+-- set that merged each (the import merges it with that one again).
+INSERT INTO dreamcatcher.frame_log (world, frame, status, opened_at, closed_at, close_reason, rules)
 SELECT $1, (j ->> 'frame')::bigint, 'closed', (j ->> 'opened_at')::timestamptz,
-       coalesce((j ->> 'closed_at')::timestamptz, clock_timestamp()), j ->> 'close_reason'
+       coalesce((j ->> 'closed_at')::timestamptz, clock_timestamp()), j ->> 'close_reason', j ->> 'rules'
 FROM unnest($2::text[]) AS t(line) CROSS JOIN LATERAL (SELECT t.line::jsonb AS j) x;
 
 -- name: snapshot_import_quarantine

@@ -362,6 +362,13 @@ BEGIN
             USING HINT = 'Run `dreamcatcher init --roles` as a superuser so that workers cannot take the merger''s locks.';
     END IF;
 
+    -- rules (sql/rules.sql): readers and mergers read the rule tables (entities_at decodes keys
+    -- with them, merge_frame picks the rule set of a frame); the merge records the entities a
+    -- deletion ends. Only the schema owner applies rules (it creates their functions).
+    EXECUTE format('GRANT SELECT ON dreamcatcher.rule_sets, dreamcatcher.world_rules, dreamcatcher.rule_defaults,'
+                   ' dreamcatcher.entity_ends TO %I', v_reader);
+    EXECUTE format('GRANT INSERT ON dreamcatcher.entity_ends TO %I', v_merger);
+
     RETURN ARRAY[v_worker, v_merger, v_reader];
 END $$;
 

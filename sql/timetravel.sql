@@ -27,18 +27,37 @@ $$;
 -- All entities of one kind as they were right after `frame` merged: the current versions
 -- that already existed then, plus the closed versions whose [valid_from, valid_to) holds the
 -- frame (found through the GiST index entity_versions_history), so the cost follows the
--- size of the answer, not the length of the history.
+-- size of the answer, not the length of the history. `key` is the entity's key values as a
+-- JSON array in the order its rules declare them (NULL for an append kind); `ekey` is the
+-- same key as the merge writes it.
+DO $$
+BEGIN
+    IF to_regprocedure('dreamcatcher.entities_at(text, text, bigint)') IS NOT NULL
+       AND pg_get_function_result(to_regprocedure('dreamcatcher.entities_at(text, text, bigint)')) NOT LIKE '%key jsonb%' THEN
+        DROP FUNCTION dreamcatcher.entities_at(text, text, bigint);
+    END IF;
+END $$;
 CREATE OR REPLACE FUNCTION dreamcatcher.entities_at(p_world text, p_kind text, p_frame bigint)
-RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
+RETURNS TABLE (world text, kind text, ekey text, key jsonb, data jsonb, first_frame bigint, last_frame bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
-    FROM dreamcatcher.entity_versions v
-    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_to IS NULL AND v.valid_from <= p_frame
-    UNION ALL
-    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
-    FROM dreamcatcher.entity_versions v
-    WHERE v.world = p_world AND v.kind = p_kind AND v.valid_to IS NOT NULL
-      AND int8range(v.valid_from, v.valid_to) @> p_frame
+    SELECT v.world, v.kind, v.ekey, dreamcatcher.decode_key(enc.e, v.ekey), v.data, v.first_frame, v.valid_from
+    FROM (SELECT dreamcatcher.key_encoding(p_world, p_kind, p_frame) AS e) enc,
+         LATERAL (SELECT c.* FROM dreamcatcher.entity_versions c
+                  WHERE c.world = p_world AND c.kind = p_kind AND c.valid_to IS NULL AND c.valid_from <= p_frame
+                  UNION ALL
+                  SELECT c.* FROM dreamcatcher.entity_versions c
+                  WHERE c.world = p_world AND c.kind = p_kind AND c.valid_to IS NOT NULL
+                    AND int8range(c.valid_from, c.valid_to) @> p_frame) v
+$$;
+
+-- The current entities of one kind (same columns as entities_at).
+CREATE OR REPLACE FUNCTION dreamcatcher.entities(p_world text, p_kind text)
+RETURNS TABLE (world text, kind text, ekey text, key jsonb, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT v.world, v.kind, v.ekey, dreamcatcher.decode_key(enc.e, v.ekey), v.data, v.first_frame, v.valid_from
+    FROM (SELECT dreamcatcher.key_encoding(p_world, p_kind, 9223372036854775807) AS e) enc,
+         LATERAL (SELECT c.* FROM dreamcatcher.entity_versions c
+                  WHERE c.world = p_world AND c.kind = p_kind AND c.valid_to IS NULL) v
 $$;
 
 -- One entity (kind, ekey) as it was right after `frame` merged: an index probe, whatever the history.
@@ -66,9 +85,9 @@ $$;
 
 -- Same rows as dreamcatcher.diff(world, a, b), in the same order, but it reads
 -- only the entities that changed between the two frames: those with a version
--- that started after the earlier frame and at or before the later one (no rule
--- removes an entity: a version closes only when its successor starts in the
--- same frame). Then one index probe per entity and side.
+-- that started after the earlier frame and at or before the later one, or that a
+-- deletion ended then (entity_ends: otherwise a version closes only when its
+-- successor starts in the same frame). Then one index probe per entity and side.
 CREATE OR REPLACE FUNCTION dreamcatcher.entity_changes(p_world text, p_frame_a bigint, p_frame_b bigint)
 RETURNS TABLE (kind text, ekey text, change text, before jsonb, after jsonb, fields text[])
 LANGUAGE sql STABLE AS $$
@@ -78,6 +97,9 @@ LANGUAGE sql STABLE AS $$
         JOIN dreamcatcher.entity_versions v
           ON v.world = p_world AND v.kind = k.kind
          AND v.valid_from > least(p_frame_a, p_frame_b) AND v.valid_from <= greatest(p_frame_a, p_frame_b)
+        UNION
+        SELECT x.kind, x.ekey FROM dreamcatcher.entity_ends x
+        WHERE x.world = p_world AND x.frame > least(p_frame_a, p_frame_b) AND x.frame <= greatest(p_frame_a, p_frame_b)
     ),
     sides AS (
         -- the version alive right after each frame: the latest that started at or before it,

@@ -11,7 +11,8 @@ CREATE OR REPLACE VIEW dreamcatcher.frames AS
            coalesce(f.delta_count,
                     (SELECT count(*) FROM dreamcatcher.delta_log d
                      WHERE d.world = f.world AND d.frame = f.frame AND NOT d.late)) AS delta_count,
-           f.state_hash, f.closed_at, f.merged_at, f.opened_at, f.close_reason, f.stats
+           f.state_hash, f.closed_at, f.merged_at, f.opened_at, f.close_reason, f.stats,
+           f.rules  -- the rule set that merged the frame (dreamcatcher.rule_sets)
     FROM dreamcatcher.frame_log f;
 
 CREATE OR REPLACE VIEW dreamcatcher.quarantine AS

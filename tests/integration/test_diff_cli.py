@@ -35,7 +35,6 @@ FRAME_3 = {
 }
 
 
-
 # The definitions, written the slow, obvious way: every version alive right after a frame.
 NAIVE_ENTITIES_AT = """
 SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from AS last_frame
@@ -144,7 +143,11 @@ async def test_entities_at_and_state_at_follow_the_definition(dreamcatcher_dsn: 
             for kind in KINDS:
                 slow = await conn.fetch(NAIVE_ENTITIES_AT, W, kind, frame)
                 fast = await conn.fetch(
-                    "SELECT * FROM dreamcatcher.entities_at($1, $2, $3) ORDER BY ekey", W, kind, frame
+                    "SELECT world, kind, ekey, data, first_frame, last_frame "
+                    "FROM dreamcatcher.entities_at($1, $2, $3) ORDER BY ekey",
+                    W,
+                    kind,
+                    frame,
                 )
                 assert rows_of(fast) == rows_of(slow), (kind, frame)
                 everything += [(kind, r["ekey"], r["first_frame"], r["last_frame"]) for r in slow]
