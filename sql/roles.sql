@@ -214,6 +214,7 @@ REVOKE EXECUTE ON FUNCTION dreamcatcher.end_stuck_writers(text) FROM PUBLIC;
 -- the merger's own work (a worker could otherwise take the world lock through the claim)
 REVOKE EXECUTE ON FUNCTION dreamcatcher.claim_next_frame(text, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.merge_frame(text, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.merge_frame_with(text, bigint, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.ensure_frame(text, bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_stream_limit(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.session_owns_stream(text, text) FROM PUBLIC;
@@ -324,13 +325,14 @@ BEGIN
     EXECUTE format('GRANT UPDATE (holder, backend_pid, started_at, heartbeat_at, leader_timeout) '
                    'ON dreamcatcher.mergers TO %I', v_merger);
     EXECUTE format('GRANT INSERT ON dreamcatcher.quarantine_log, dreamcatcher.deferred_log TO %I', v_merger);
-    EXECUTE format('GRANT UPDATE (status, merged_at, delta_count, state_acc, state_hash, stats) '
+    EXECUTE format('GRANT UPDATE (status, merged_at, delta_count, state_acc, state_hash, stats, rules) '
                    'ON dreamcatcher.frame_log TO %I', v_merger);
     EXECUTE format('GRANT UPDATE (horizon) ON dreamcatcher.worlds TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.end_silent_leader(text, float8) TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.end_stuck_writers(text),'
-                   ' dreamcatcher.claim_next_frame(text, integer), dreamcatcher.merge_frame(text, bigint)'
+                   ' dreamcatcher.claim_next_frame(text, integer), dreamcatcher.merge_frame(text, bigint),'
+                   ' dreamcatcher.merge_frame_with(text, bigint, text)'
                    ' TO %I', v_merger);
     -- (the merge needs no temporary table any more; mergers of earlier versions, still running
     -- during an upgrade, do)
