@@ -338,6 +338,13 @@ BEGIN
     -- during an upgrade, do)
     EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), v_merger);
 
+    -- rules (sql/rules.sql): readers and mergers read the rule tables (entities_at decodes keys
+    -- with them, merge_frame picks the rule set of a frame); the merge records the entities a
+    -- deletion ends. Only the schema owner applies rules (it creates their functions).
+    EXECUTE format('GRANT SELECT ON dreamcatcher.rule_sets, dreamcatcher.world_rules, dreamcatcher.rule_defaults,'
+                   ' dreamcatcher.entity_ends TO %I', v_reader);
+    EXECUTE format('GRANT INSERT ON dreamcatcher.entity_ends TO %I', v_merger);
+
     -- NOTIFY and advisory locks: pg_notify and the lock functions are executable by PUBLIC.
     -- A worker that takes a world's locks by hand can hold up its merger until the merger ends
     -- its session (a silent leader-lock holder after the leader timeout, an idle fence holder
@@ -346,30 +353,22 @@ BEGIN
     -- using this database may call, are the functions revoked from PUBLIC in this database
     -- and granted to the merger and the schema owner. The NOTIFY command itself cannot be
     -- revoked (see docs: Roles).
-    IF NOT p_restrict_lock_functions THEN
-        RETURN ARRAY[v_worker, v_merger, v_reader];
+    IF p_restrict_lock_functions THEN
+        SELECT p.proowner::regrole::name INTO v_owner FROM pg_proc p
+         WHERE p.oid = 'dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb)'::regprocedure;
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
+            FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+                     WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                       AND (p.proname = 'pg_notify'
+                            OR p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$') LOOP
+                EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I, %I', r.fn, v_merger, v_owner);
+            END LOOP;
+        ELSE
+            RAISE WARNING 'not a superuser: pg_notify and the advisory-lock functions stay executable by PUBLIC'
+                USING HINT = 'Run `dreamcatcher init --roles` as a superuser so that workers cannot take the merger''s locks.';
+        END IF;
     END IF;
-    SELECT p.proowner::regrole::name INTO v_owner FROM pg_proc p
-     WHERE p.oid = 'dreamcatcher.append_delta(text, text, bigint, timestamptz, jsonb)'::regprocedure;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
-        FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
-                 WHERE p.pronamespace = 'pg_catalog'::regnamespace
-                   AND (p.proname = 'pg_notify'
-                        OR p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$') LOOP
-            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I, %I', r.fn, v_merger, v_owner);
-        END LOOP;
-    ELSE
-        RAISE WARNING 'not a superuser: pg_notify and the advisory-lock functions stay executable by PUBLIC'
-            USING HINT = 'Run `dreamcatcher init --roles` as a superuser so that workers cannot take the merger''s locks.';
-    END IF;
-
-    -- rules (sql/rules.sql): readers and mergers read the rule tables (entities_at decodes keys
-    -- with them, merge_frame picks the rule set of a frame); the merge records the entities a
-    -- deletion ends. Only the schema owner applies rules (it creates their functions).
-    EXECUTE format('GRANT SELECT ON dreamcatcher.rule_sets, dreamcatcher.world_rules, dreamcatcher.rule_defaults,'
-                   ' dreamcatcher.entity_ends TO %I', v_reader);
-    EXECUTE format('GRANT INSERT ON dreamcatcher.entity_ends TO %I', v_merger);
 
     RETURN ARRAY[v_worker, v_merger, v_reader];
 END $$;
