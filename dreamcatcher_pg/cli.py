@@ -347,10 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     from . import demo, ingest, timetravel
+    from .web import command as web
 
     ingest.register(sub)
     demo.register(sub)
     timetravel.register(sub)
+    web.register(sub)
     return parser
 
 
