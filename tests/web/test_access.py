@@ -14,9 +14,9 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
-from conftest import running_inspector, scratch_database
 from psycopg import sql
 from webscenario import write_scenario
+from webserver import running_inspector, scratch_database
 
 import dreamcatcher_pg.web
 from dreamcatcher_pg.roles import create_roles, role_names

@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from conftest import running_inspector
 from webscenario import at
+from webserver import running_inspector
 
 from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.testing import running_merger

@@ -66,7 +66,8 @@ export function fieldChips(data, max = 8) {
   if (data === null || typeof data !== "object" || Array.isArray(data)) return h("code", {}, jsonText(data));
   const names = Object.keys(data);
   const chips = names.slice(0, max).map((name) =>
-    h("span", { class: "chip" }, h("b", {}, name), ": ", jsonText(data[name], 80)));
+    h("span", { class: "chip", dataset: { field: name }, title: jsonText(data[name], 2000) },
+      h("b", {}, name), ": ", jsonText(data[name], 80)));
   if (names.length > max) chips.push(h("span", { class: "chip more" }, `+${names.length - max} more`));
   return h("span", { class: "chips" }, chips);
 }
