@@ -56,8 +56,10 @@ def bind_socket(address: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise BindRefusedError(f"cannot listen on {address!r}: {exc}") from exc
-    family, _, _, _, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, kind, proto, _, sockaddr = infos[0]
+    # the protocol matters: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP,
+    # and without it every response written in two parts waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(sockaddr)
