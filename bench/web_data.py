@@ -10,6 +10,7 @@ row by row):
 * 40 % posts (ekey the number; 0-3 updates each, title/author/channel last-write-wins),
   40 % comments (``id:cN``), 15 % agents (1-8 updates each), 5 % reactions; entity i of a kind
   appears in frame ``i * F / count``, so an early frame holds few entities and the last all;
+  its updates fall in frames spread evenly after that (about N * 2.2 / F versions per frame);
 * one agent, ``agent-hot``, changes in every frame: F versions (the worst history);
 * the log: each frame's versions as the items of 8 streams' deltas (``posts_updated``,
   ``agents_updated``, ``comments_added``, ``reactions_added``), so blame finds every field;
@@ -42,7 +43,8 @@ FROM (
                'author', 'agent-' || ((p.i + f.frame) % 997),
                'channel', (ARRAY['general', 'research', 'stories', 'meta'])[1 + (p.i + f.frame) % 4]) AS data
     FROM (SELECT i, (i::bigint * $3 / $2)::bigint AS c FROM generate_series(0, $2 - 1) i) p
-    CROSS JOIN LATERAL (SELECT p.c + (j * ($3 - 1 - p.c) / (1 + p.i % 4))::bigint AS frame
+    CROSS JOIN LATERAL (SELECT p.c + CASE WHEN j = 0 THEN 0
+                                          ELSE (p.i::bigint * 7919 + j * 104729) % ($3 - p.c) END AS frame
                         FROM generate_series(0, p.i % 4) j) f
     UNION ALL
     SELECT 'comment', 'id:c' || c.i, c.f, c.f,
@@ -56,7 +58,8 @@ FROM (
                'id', 'agent-' || a.i, 'bio', 'agent ' || a.i || ' as of frame ' || f.frame,
                'mood', (ARRAY['curious', 'sleepy', 'bold', 'wistful'])[1 + (a.i + f.frame) % 4])
     FROM (SELECT i, (i::bigint * $3 / $5)::bigint AS c FROM generate_series(0, $5 - 1) i) a
-    CROSS JOIN LATERAL (SELECT a.c + (j * ($3 - 1 - a.c) / (1 + a.i % 8))::bigint AS frame
+    CROSS JOIN LATERAL (SELECT a.c + CASE WHEN j = 0 THEN 0
+                                          ELSE (a.i::bigint * 7919 + j * 104729) % ($3 - a.c) END AS frame
                         FROM generate_series(0, 1 + a.i % 7) j) f
     UNION ALL
     SELECT 'agent', 'agent-hot', 0, f,

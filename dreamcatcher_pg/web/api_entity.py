@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from . import params
 from .api_frames import reader_of
-from .blame import Item, Policy, blame, by_frame, policy_for
+from .blame import Item, Policy, blame, by_frame, key_parts, policy_for, rule_for
 from .changes import field_changes
 from .db import Reader
 from .errors import JSONResponse
@@ -25,15 +25,39 @@ HISTORY_PAGE = 20
 HISTORY_MAX = 200
 
 
-async def _items(reader: Reader, world: str, kind: str, key: str, frames: set[int]) -> dict[int, list[Item]]:
-    if not frames or policy_for(kind) is Policy.DERIVED:
-        return {}
-    rows = await reader.fetch("web_entity_items", world, kind, key, sorted(frames))
+#: (frame that set it, field or None for the whole value, value) of each field to blame
+Wanted = list[tuple[int, str | None, Any]]
+
+
+async def _items(
+    reader: Reader, world: str, kind: str, key: str, frames: set[int], parts: list[str]
+) -> dict[int, list[Item]]:
+    """The items of those frames' merges that the rules read as the entity, by frame."""
+    rows = await reader.fetch(
+        "web_entity_items", world, kind, key, sorted(frames), list(rule_for(kind).keys), parts
+    )
     return by_frame([
         Item(r["into_frame"], r["frame"], r["stream_id"], r["utc"], r["key"], r["pos"],
              orjson.loads(r["data"]))
         for r in rows
     ])  # fmt: skip
+
+
+async def _blame_all(reader: Reader, world: str, kind: str, key: str, wanted: Wanted) -> list[dict[str, Any]]:
+    """The blame of each wanted field, in order."""
+    policy = policy_for(kind)
+    if policy is Policy.DERIVED or not wanted:
+        return [blame(frame, field, value, {}, policy) for frame, field, value in wanted]
+    parts = key_parts(kind, key)
+    items = await _items(reader, world, kind, key, {frame for frame, _, _ in wanted}, parts)
+    found = [blame(frame, field, value, items, policy) for frame, field, value in wanted]
+    missed = {b["frame"] for b in found if b["delta"] is None}
+    if parts and missed:
+        # a version always has the item that set each field: when the cheap filter kept none (a key
+        # written in another form: 1e3 for 1000), read those frames' items in full
+        items.update(await _items(reader, world, kind, key, missed, []))
+        found = [blame(frame, field, value, items, policy) for frame, field, value in wanted]
+    return found
 
 
 def _entity_params(request: Request) -> tuple[str, str]:
@@ -66,13 +90,13 @@ async def entity(request: Request) -> JSONResponse:
     set_in: dict[str, int] = orjson.loads(row["set_in"])
     if not isinstance(data, dict):
         set_in = {}
-    frames = set(set_in.values()) | ({row["valid_from"]} if not isinstance(data, dict) else set())
-    items = await _items(reader, bounds.world, kind, key, frames)
     if isinstance(data, dict):
-        fields = [{"field": name, "value": value, **blame(set_in[name], name, value, items, policy)}
-                  for name, value in data.items()]  # fmt: skip
+        wanted: Wanted = [(set_in[name], name, value) for name, value in data.items()]
     else:
-        fields = [{"field": None, "value": data, **blame(row["valid_from"], None, data, items, policy)}]
+        wanted = [(row["valid_from"], None, data)]
+    blamed = await _blame_all(reader, bounds.world, kind, key, wanted)
+    fields = [{"field": field, "value": value, **b}
+              for (_, field, value), b in zip(wanted, blamed, strict=True)]  # fmt: skip
     doc.update(
         exists=True,
         versions=row["versions"],
@@ -95,7 +119,6 @@ async def history(request: Request) -> JSONResponse:
     rows = await reader.fetch("web_entity_versions", bounds.world, kind, key, before, limit + 1)
     total = int(await reader.fetchval("web_entity_version_count", bounds.world, kind, key))
     page = rows[:limit]
-    items = await _items(reader, bounds.world, kind, key, {r["valid_from"] for r in page})
     versions = []
     for i, r in enumerate(page):
         data = orjson.loads(r["data"])
@@ -106,13 +129,15 @@ async def history(request: Request) -> JSONResponse:
             changes = [{"field": name, "after": value} for name, value in data.items()]
         else:
             changes = [{"field": None, "after": data}]
-        for change in changes:
-            if "after" in change:
-                change.update(blame(r["valid_from"], change["field"], change["after"], items, policy))
         versions.append({
             "valid_from": r["valid_from"], "valid_to": r["valid_to"], "first_frame": r["first_frame"],
             "data": data, "created": previous is None, "changes": changes,
         })  # fmt: skip
+    set_values = [(v["valid_from"], c) for v in versions for c in v["changes"] if "after" in c]
+    wanted: Wanted = [(frame, c["field"], c["after"]) for frame, c in set_values]
+    blamed = await _blame_all(reader, bounds.world, kind, key, wanted)
+    for (_, change), b in zip(set_values, blamed, strict=True):
+        change.update(b)
     return JSONResponse({
         "world": bounds.world, "kind": kind, "key": key, "policy": policy.value, "total": total,
         "versions": versions, "next": page[-1]["valid_from"] if len(rows) > limit else None,

@@ -23,7 +23,7 @@ from .api_frames import reader_of
 from .errors import JSONResponse, not_found
 
 #: Entities a search request looks at, at most.
-SEARCH_SCAN = 20_000
+SEARCH_SCAN = 10_000
 #: The count of a kind's entities stops here ("at least").
 COUNT_CAP = 10_000
 

@@ -19,6 +19,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
+import orjson
+
 from .changes import same_json
 
 
@@ -33,21 +35,60 @@ class Policy(StrEnum):
     DERIVED = "derived"
 
 
-#: The merge policy of each kind of the built-in rules (sql/merge.sql). A kind not listed is
-#: blamed to its frame only.
-BLAME_POLICY: Final[Mapping[str, Policy]] = MappingProxyType({
-    "post": Policy.LAST,
-    "agent": Policy.LAST,
-    "comment": Policy.FIRST,
-    "reaction": Policy.FIRST,
-    "chapter": Policy.FIRST,
-    "observation": Policy.FIRST,
-    "book": Policy.DERIVED,
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    """What blame needs to know of how a kind is merged."""
+
+    policy: Policy
+    #: the delta keys whose items the rules read as this kind (sql/merge.sql's readers)
+    keys: tuple[str, ...] = ()
+    #: does every item read as an entity hold its key's parts as text (see :func:`key_parts`)?
+    key_in_item: bool = True
+
+
+#: The kinds of the built-in rules (sql/merge.sql). A kind not listed is blamed to its frame
+#: only. When merge rules become data, this table is read from the world's declared rules.
+KIND_RULES: Final[Mapping[str, KindRule]] = MappingProxyType({
+    "post": KindRule(Policy.LAST, ("posts_created", "posts_updated")),
+    "agent": KindRule(Policy.LAST, ("agents_updated",)),
+    "comment": KindRule(Policy.FIRST, ("comments_added",)),
+    "reaction": KindRule(Policy.FIRST, ("reactions_added",)),
+    "chapter": KindRule(Policy.FIRST, ("chapters",)),
+    # keyed by where the item sits in the log, not by what it holds
+    "observation": KindRule(Policy.FIRST, ("observations",), key_in_item=False),
+    "book": KindRule(Policy.DERIVED, key_in_item=False),  # no item is a book: chapters make it
 })  # fmt: skip
+_UNKNOWN = KindRule(Policy.DERIVED, key_in_item=False)
+
+
+def rule_for(kind: str) -> KindRule:
+    return KIND_RULES.get(kind, _UNKNOWN)
 
 
 def policy_for(kind: str) -> Policy:
-    return BLAME_POLICY.get(kind, Policy.DERIVED)
+    return rule_for(kind).policy
+
+
+def key_parts(kind: str, ekey: str) -> list[str]:
+    """Texts that the JSON text of every item read as entity ``ekey`` holds: the values its key is
+    made of (a key ``id:X`` holds X; a JSON array key, its elements). Empty when nothing is known
+    (a content key, a kind keyed by log position). Only a filter to skip items cheaply: an item
+    without them is never this entity; one with them is still read by the rule's reader."""
+    if not rule_for(kind).key_in_item or ekey.startswith("content:"):
+        return []
+    if ekey.startswith("id:"):
+        parts: list[object] = [ekey[3:]]
+    elif ekey.startswith("["):
+        try:
+            loaded = orjson.loads(ekey)
+        except orjson.JSONDecodeError:
+            return []
+        parts = loaded if isinstance(loaded, list) else []
+    else:
+        parts = [ekey]
+    texts = [p if isinstance(p, str) else orjson.dumps(p).decode() for p in parts if p is not None]
+    # a text that JSON escapes would not appear as it is in the item's JSON text: not a filter then
+    return [t for t in texts if t and not any(c in '"\\' or ord(c) < 0x20 for c in t)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from webscenario import MANY, T0, at, many_title
 
-from dreamcatcher_pg.web import api_state
+from dreamcatcher_pg.web import api_entity, api_state
 
 
 async def get(http: httpx.AsyncClient, path: str, **params: Any) -> Any:
@@ -256,6 +256,17 @@ async def test_blame_of_a_deferred_late_delta_names_both_frames(http: httpx.Asyn
     assert title["value"] == "late" and title["frame"] == 2
     assert title["delta"] == {"into_frame": 2, "frame": 1, "stream_id": "s2", "utc": at(5).isoformat(),
                               "delta_key": "posts_updated", "position": 1}  # fmt: skip
+
+
+async def test_blame_reads_every_item_when_the_key_filter_misses(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text filter only skips items cheaply: with one that keeps nothing, blame is the same."""
+    expected = blamed(await get(http, "/api/entity", world="w", kind="post", key="1", frame=5))
+    monkeypatch.setattr(api_entity, "key_parts", lambda kind, key: ["no item holds this text"])
+    assert blamed(await get(http, "/api/entity", world="w", kind="post", key="1", frame=5)) == expected
+    history = await get(http, "/api/history", world="w", kind="post", key="1")
+    assert history["versions"][0]["changes"][0]["delta"]["stream_id"] == "s2"
 
 
 async def test_an_entity_that_did_not_exist_yet(http: httpx.AsyncClient) -> None:

@@ -10,7 +10,16 @@ import pytest
 
 import dreamcatcher_pg.web
 from dreamcatcher_pg.queries import all_queries
-from dreamcatcher_pg.web.blame import BLAME_POLICY, Item, Policy, by_frame, carries, policy_for, setter
+from dreamcatcher_pg.web.blame import (
+    KIND_RULES,
+    Item,
+    Policy,
+    by_frame,
+    carries,
+    key_parts,
+    policy_for,
+    setter,
+)
 from dreamcatcher_pg.web.changes import field_changes, same_json
 
 WEB = Path(dreamcatcher_pg.web.__file__).parent
@@ -66,9 +75,21 @@ def test_every_kind_of_the_built_in_rules_has_a_policy() -> None:
         "reaction"
     }
     assert {"post", "agent", "comment", "reaction", "chapter", "book", "observation"} <= kinds
-    assert set(BLAME_POLICY) == kinds
+    assert set(KIND_RULES) == kinds
     assert policy_for("post") is Policy.LAST and policy_for("comment") is Policy.FIRST
     assert policy_for("book") is Policy.DERIVED and policy_for("a kind of tomorrow") is Policy.DERIVED
+
+
+def test_key_parts_are_texts_every_item_of_the_entity_holds() -> None:
+    assert key_parts("post", "1042") == ["1042"]
+    assert key_parts("agent", "agent-hot") == ["agent-hot"]
+    assert key_parts("comment", "id:c-7") == ["c-7"]
+    assert key_parts("comment", "content:0cc175b9c0f1b6a831c399e269772661") == []
+    assert key_parts("reaction", '["5", "like", null]') == ["5", "like"]
+    assert key_parts("chapter", '["bk", "ada", 3]') == ["bk", "ada", "3"]
+    assert key_parts("observation", '[1, "s1", 1700000000000000, 2]') == []  # keyed by log position
+    assert key_parts("book", "bk") == [] and key_parts("unknown", "k") == []
+    assert key_parts("agent", 'say "hi"') == [] and key_parts("chapter", '["a\\b", "x", 1]') == ["x", "1"]
 
 
 @pytest.mark.parametrize(
