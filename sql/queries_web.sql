@@ -128,6 +128,8 @@ WITH scan AS MATERIALIZED (
     WHERE ($7::text IS NULL OR strpos(lower(s.ekey), $7) > 0)
       AND ($9::text IS NULL OR CASE
               WHEN $8::text IS NOT NULL THEN strpos(lower(s.data ->> $8), $9) > 0
+              -- the whole text first (cheap, and true of every match), then field by field
+              WHEN strpos(lower(s.data::text), $9) = 0 THEN false
               WHEN jsonb_typeof(s.data) = 'object' THEN
                   EXISTS (SELECT 1 FROM jsonb_each_text(s.data) e WHERE strpos(lower(e.value), $9) > 0)
               ELSE strpos(lower(s.data #>> '{}'), $9) > 0

@@ -137,6 +137,7 @@ async def events(request: Request) -> StreamingResponse:
         try:
             hello = {"world": bounds.world, "last_merged": bounds.last_merged}
             yield b"retry: 1000\n" + _event("hello", hello)
+            sent = -1 if bounds.last_merged is None else bounds.last_merged
             while True:
                 try:
                     frame = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
@@ -145,7 +146,9 @@ async def events(request: Request) -> StreamingResponse:
                     continue
                 if frame is None:
                     return
-                yield _event("merged", {"world": bounds.world, "frame": frame})
+                if frame > sent:  # (the feed may announce what hello said already)
+                    sent = frame
+                    yield _event("merged", {"world": bounds.world, "frame": frame})
         finally:
             feed.unsubscribe(bounds.world, queue)
 

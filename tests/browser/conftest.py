@@ -30,8 +30,10 @@ from dreamcatcher_pg.testing import database_dsn
 DEMO = {"world": "demo", "streams": 3, "frames": 8}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module. Not for the session: Playwright's sync API keeps an event loop
+    running in this thread while it is open, and the async tests after it need the thread's."""
     reason = missing()
     if reason is not None:
         if REQUIRED:

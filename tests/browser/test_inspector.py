@@ -25,15 +25,13 @@ def open_view(page: Any, demo: Demo, view: str, **params: object) -> None:
 
 
 def shown_titles(page: Any) -> dict[str, str]:
-    """key -> title of the post rows of the state table."""
-    rows = page.locator("#state-table tbody tr[data-key]")
-    titles = {}
-    for i in range(rows.count()):
-        row = rows.nth(i)
-        titles[row.get_attribute("data-key")] = row.locator('.chip[data-field="title"]').get_attribute(
-            "title"
-        )
-    return titles
+    """key -> title of the post rows of the state table (read at once: the table may be redrawn)."""
+    pairs = page.eval_on_selector_all(
+        "#state-table tbody tr[data-key]",
+        """rows => rows.map(row => [row.dataset.key,
+                                    row.querySelector('.chip[data-field="title"]')?.title ?? null])""",
+    )
+    return dict(pairs)
 
 
 def titles_at(demo: Demo, frame: int) -> dict[str, str]:
