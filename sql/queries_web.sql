@@ -12,9 +12,14 @@
 SELECT current_user::text AS role, current_setting('transaction_read_only') = 'on' AS read_only;
 
 -- name: web_reader_role
--- $1 a role name: itself when it exists and the session's login may SET ROLE to it, else no row.
+-- $1 a role name: itself when it exists, the session's login may SET ROLE to it, and it may read
+-- the dreamcatcher schema of THIS database (roles are cluster-wide, their grants per database:
+-- `init --roles` may have run in another database only); else no row.
 SELECT r.rolname::text FROM pg_catalog.pg_roles r
-WHERE r.rolname = $1 AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER');
+WHERE r.rolname = $1 AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
+  AND pg_catalog.has_schema_privilege(r.oid, to_regnamespace('dreamcatcher'), 'USAGE')
+  AND pg_catalog.has_table_privilege(r.oid, to_regclass('dreamcatcher.entity_versions'), 'SELECT')
+  AND pg_catalog.has_table_privilege(r.oid, to_regclass('dreamcatcher.frame_inputs'), 'SELECT');
 
 -- name: web_set_role
 SELECT set_config('role', $1, false);

@@ -53,8 +53,8 @@ async def _blame_all(reader: Reader, world: str, kind: str, key: str, wanted: Wa
     found = [blame(frame, field, value, items, policy) for frame, field, value in wanted]
     missed = {b["frame"] for b in found if b["delta"] is None}
     if parts and missed:
-        # a version always has the item that set each field: when the cheap filter kept none (a key
-        # written in another form: 1e3 for 1000), read those frames' items in full
+        # a version always has the items that set its fields: should the cheap filter ever miss one
+        # (a reader that derives a key part the item's text does not hold as such), read in full
         items.update(await _items(reader, world, kind, key, missed, []))
         found = [blame(frame, field, value, items, policy) for frame, field, value in wanted]
     return found

@@ -51,7 +51,8 @@ class Session:
 
 
 async def prepare_session(conn: asyncpg.Connection, reader_role: str | None) -> None:
-    """Become ``reader_role`` when it exists and the login may (else stay, read-only)."""
+    """Become ``reader_role`` when it exists, the login may, and it may read this database's
+    schema (a role of ``init --roles`` run in another database may not); else stay, read-only."""
     if not reader_role:
         return
     role = await conn.fetchval(query("web_reader_role"), reader_role)

@@ -101,6 +101,21 @@ async def test_every_endpoint_works_as_the_reader_role(
             await conn.close()
 
 
+async def test_a_reader_role_without_grants_in_this_database_is_not_used(web_world: str) -> None:
+    """Roles are cluster-wide: ``init --roles`` in another database made the role, not its grants here."""
+    role = f"dcw_{secrets.token_hex(4)}_reader"
+    with psycopg.connect(web_world, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        login = conn.execute("SELECT current_user").fetchone()
+    try:
+        async with running_inspector(WebConfig(web_world, reader_role=role)) as url:
+            meta = await sweep(url)
+        assert login is not None and meta["role"] == login[0] and meta["read_only"] is True
+    finally:
+        with psycopg.connect(web_world, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 async def test_without_the_reader_role_every_session_is_read_only(web_world: str) -> None:
     conn = await db.connect(web_world, "no_such_role_here")
     try:
