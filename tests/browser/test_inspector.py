@@ -73,7 +73,7 @@ def test_moving_the_slider_changes_the_state(page: Any, demo_web: Demo) -> None:
     open_view(page, demo_web, "frames", kind="post")
     wait_for_frame(page, last)
     wait_for_titles(page, titles_at(demo_web, last))
-    assert page.locator("#timeline svg rect.bar").count() == last + 1
+    expect(page.locator("#timeline svg rect.bar")).to_have_count(last + 1, timeout=TIMEOUT)
     shot(page, "01-time-travel")
 
     # the arrow keys step through frames
@@ -122,19 +122,21 @@ def test_a_diff_between_two_frames(page: Any, demo_web: Demo) -> None:
     expected = query(demo_web.dsn, "SELECT ekey, change FROM dreamcatcher.entity_changes(%s, %s, %s)"
                      " WHERE kind = 'post' ORDER BY ekey", demo_web.world, a, b)  # fmt: skip
     assert expected
-    rows = page.locator("#diff-table tbody tr[data-key]")
-    expect(rows).to_have_count(len(expected), timeout=TIMEOUT)
-    shown = [
-        (rows.nth(i).get_attribute("data-key"), rows.nth(i).get_attribute("data-change"))
-        for i in range(rows.count())
-    ]
-    assert shown == [tuple(r) for r in expected]
     counts = {
         change: sum(1 for _, c in expected if c == change) for change in ("added", "changed", "removed")
     }
+    # the view showed the default diff first: wait for this one's summary, then read its rows at once
     expect(page.locator("#diff-summary")).to_contain_text(
         f"post: {counts['added']} added, {counts['changed']} changed, {counts['removed']} removed"
+        f" · frame {a} → {b}",
+        timeout=TIMEOUT,
     )
+    rows = page.locator("#diff-table tbody tr[data-key]")
+    expect(rows).to_have_count(len(expected), timeout=TIMEOUT)
+    shown = page.eval_on_selector_all(
+        "#diff-table tbody tr[data-key]", "rows => rows.map(r => [r.dataset.key, r.dataset.change])"
+    )
+    assert [tuple(r) for r in shown] == [tuple(r) for r in expected]
     changed = page.locator('#diff-table tr[data-change="changed"] ul.fields li').first
     expect(changed).to_contain_text("→")
     shot(page, "03-diff")
