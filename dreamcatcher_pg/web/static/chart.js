@@ -5,7 +5,7 @@
 import { fmtInt, fmtMs } from "./dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 1000, H = 210, LEFT = 56, RIGHT = 10;
+const H = 210, LEFT = 56, RIGHT = 10;
 const BARS = { top: 18, bottom: 100 };
 const LINES = { top: 128, bottom: 196 };
 
@@ -37,6 +37,7 @@ export function pointIndex(points, frame) {
 
 export function renderTimeline(container, doc, selected, onSelect) {
   const points = doc.points;
+  const W = Math.max(600, Math.round(container.clientWidth || 1000) - 12); // one SVG unit per pixel
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "timeline", role: "img",
     "aria-label": "deltas per frame, close to merged latency and merge duration" });
   container.replaceChildren(svg);

@@ -39,6 +39,7 @@ class FramesView {
       settle(Number(this.slider.value));
     });
     this.whole.addEventListener("change", () => { this.window = null; this.drawTimeline(); });
+    window.addEventListener("resize", debounce(() => { if (this.frame !== null) this.drawTimeline(); }, 250));
   }
 
   goto(frame) {
