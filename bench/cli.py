@@ -24,6 +24,8 @@ from bench.report import Row, print_report
 from bench.rss import bench_merger_rss
 from bench.server import bench_server, machine_info
 from bench.sizes import SIZES
+from bench.web import ROW_NAMES as WEB_ROWS
+from bench.web import bench_web
 
 Benchmark = Callable[[Context], Awaitable[list[Row]]]
 
@@ -38,6 +40,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, tuple[str, ...]]] = {
     "asof": (bench_asof, ("asof_posts", "asof_post_lookup")),
     "merger_rss": (bench_merger_rss, ("merger_rss",)),
     "peer": (bench_peer, ("peer", "peer_batch")),
+    "web": (bench_web, WEB_ROWS),
 }
 
 #: Every row name a full run reports (whatever the size).

@@ -348,11 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import demo, ingest, timetravel
     from .rules import cli as rules_cli
+    from .web import command as web
 
     ingest.register(sub)
     demo.register(sub)
     timetravel.register(sub)
     rules_cli.register(sub)
+    web.register(sub)
     return parser
 
 

@@ -492,6 +492,9 @@ def register(sub: Any) -> None:
     p.add_argument("--world", help="world to write to (default: a fresh demo-<8 hex>)")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulated content (default 7)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    from .web.command import add_demo_arguments
+
+    add_demo_arguments(p)
     p.set_defaults(func=cmd_demo, embedded="temporary")
 
 
@@ -522,6 +525,10 @@ def cmd_demo(args: argparse.Namespace, dsn: str) -> int:
         from rich.console import Console
 
         Console().print(_render(result))
+    if args.web:
+        from .web.command import run_demo_web
+
+        return run_demo_web(dsn, result.world, args.web_port)
     return 0
 
 

@@ -325,7 +325,7 @@ BEGIN
     EXECUTE format('GRANT UPDATE (holder, backend_pid, started_at, heartbeat_at, leader_timeout) '
                    'ON dreamcatcher.mergers TO %I', v_merger);
     EXECUTE format('GRANT INSERT ON dreamcatcher.quarantine_log, dreamcatcher.deferred_log TO %I', v_merger);
-    EXECUTE format('GRANT UPDATE (status, merged_at, delta_count, state_acc, state_hash, stats, rules) '
+    EXECUTE format('GRANT UPDATE (status, merge_started_at, merged_at, delta_count, state_acc, state_hash, stats, rules) '
                    'ON dreamcatcher.frame_log TO %I', v_merger);
     EXECUTE format('GRANT UPDATE (horizon) ON dreamcatcher.worlds TO %I', v_merger);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) TO %I', v_merger);

@@ -102,6 +102,7 @@ DECLARE
     v_acc      numeric;
     v_stats    jsonb;
     v_deltas   bigint;
+    v_started  timestamptz := clock_timestamp();
 BEGIN
     SELECT status INTO v_status FROM dreamcatcher.frame_log
      WHERE world = p_world AND frame = p_frame FOR UPDATE;
@@ -137,7 +138,7 @@ BEGIN
     v_acc := mod(mod(v_acc, 18446744073709551616) + 18446744073709551616, 18446744073709551616);
 
     UPDATE dreamcatcher.frame_log
-       SET status = 'merged', merged_at = clock_timestamp(), delta_count = v_deltas,
+       SET status = 'merged', merge_started_at = v_started, merged_at = clock_timestamp(), delta_count = v_deltas,
            state_acc = v_acc, state_hash = dreamcatcher.state_hash_text(v_acc), stats = v_stats,
            rules = p_rules
      WHERE world = p_world AND frame = p_frame;

@@ -100,6 +100,9 @@ CREATE TABLE IF NOT EXISTS dreamcatcher.frame_log (
 );
 CREATE INDEX IF NOT EXISTS frame_log_pending ON dreamcatcher.frame_log (world, frame)
     WHERE status <> 'merged';
+-- When merge_frame began merging the frame (merged_at - merge_started_at: the merge's duration;
+-- not in stats, which must depend on the log alone).
+ALTER TABLE dreamcatcher.frame_log ADD COLUMN IF NOT EXISTS merge_started_at timestamptz;
 
 -- Late deltas merged into a later frame (policy `defer`): which merge took them.
 CREATE TABLE IF NOT EXISTS dreamcatcher.deferred_log (

@@ -12,8 +12,26 @@ CREATE OR REPLACE VIEW dreamcatcher.frames AS
                     (SELECT count(*) FROM dreamcatcher.delta_log d
                      WHERE d.world = f.world AND d.frame = f.frame AND NOT d.late)) AS delta_count,
            f.state_hash, f.closed_at, f.merged_at, f.opened_at, f.close_reason, f.stats,
-           f.rules  -- the rule set that merged the frame (dreamcatcher.rule_sets)
+           f.rules,  -- the rule set that merged the frame (dreamcatcher.rule_sets)
+           f.merge_started_at  -- when its merge began (merged_at - merge_started_at: its duration)
     FROM dreamcatcher.frame_log f;
+
+-- The leader merger of each world (its last heartbeat), and whether its session holds the lock now.
+CREATE OR REPLACE VIEW dreamcatcher.leaders AS
+    SELECT m.world, m.holder, m.backend_pid, m.started_at, m.heartbeat_at,
+           dreamcatcher.leader_lock_holder(m.world) IS NOT DISTINCT FROM m.backend_pid AS holds_lock
+    FROM dreamcatcher.mergers m;
+
+-- What the merge of each frame takes (what merge_frame reads through frame_deltas): the frame's
+-- own deltas, and the late ones deferred into it (their `frame` is the one they were written for).
+CREATE OR REPLACE VIEW dreamcatcher.frame_inputs AS
+    SELECT d.world, d.frame AS into_frame, d.frame, d.stream_id, d.utc, d.payload, d.late
+    FROM dreamcatcher.delta_log d
+    WHERE NOT d.late
+    UNION ALL
+    SELECT d.world, x.merged_in, d.frame, d.stream_id, d.utc, d.payload, d.late
+    FROM dreamcatcher.deferred_log x
+    JOIN dreamcatcher.delta_log d USING (world, frame, stream_id, utc);
 
 CREATE OR REPLACE VIEW dreamcatcher.quarantine AS
     SELECT q.world, q.frame, q.stream_id, q.reason, q.item, q.utc, q.key, q.position, q.merged_in,
