@@ -63,8 +63,8 @@ from dreamcatcher_pg import (
     Merger,
     configure_world,
 )
+from dreamcatcher_pg.db.schema import init_database
 from dreamcatcher_pg.models import batch_bounds
-from dreamcatcher_pg.schema import init_database
 
 #: Writer clocks start here (fixed, so a run can be replayed with the same keys).
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -480,7 +480,7 @@ async def replay_hashes(dsn: str, world: str, into: str) -> tuple[int, list[int]
     """Replay ``world``'s log into a fresh world ``into`` with an in-process Merger.
 
     Returns (frames compared, frames whose state_hash differs). The hash covers the
-    state's content only (DESIGN.md §2.8), so another world name must give the same hashes.
+    state's content only (docs/design.md §2.8), so another world name must give the same hashes.
     """
     async with connection(dsn) as conn:
         if await conn.fetchval(
@@ -1195,7 +1195,7 @@ async def late(dsn: str, *, prefix: str = "late") -> Report:
     A retry of a deferred delta is a duplicate, not a new attempt. ``notes["status"]`` holds
     what ``dreamcatcher status --json`` reports (late_attempts, late_deferred) per world.
     """
-    from dreamcatcher_pg.status import collect_status
+    from dreamcatcher_pg.ops.status import collect_status
 
     started = time.monotonic()
     report = Report("late", Verdict(), faults={"late delta/rejected": 0, "late delta/deferred": 0})

@@ -22,7 +22,7 @@ import asyncpg
 from bench.context import Context, now, percentile
 from bench.report import Row, Target, skipped
 from bench.web_data import WORLD, build
-from dreamcatcher_pg.queries import query
+from dreamcatcher_pg.db.queries import query
 from dreamcatcher_pg.web.app import WebConfig
 from dreamcatcher_pg.web.server import serve
 

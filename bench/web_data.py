@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from dreamcatcher_pg.schema import apply_schema
+from dreamcatcher_pg.db.schema import apply_schema
 
 WORLD = "webbench"
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

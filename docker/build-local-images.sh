@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build, without pulling anything from a registry, the images the compose stack
-# and the testcontainers tests need, from Debian's packages (../shared/docker.md):
+# and the testcontainers tests need, from Debian's packages:
 #
 #   LOCAL_PG_IMAGE      a stand-in for postgres:17: Debian's PostgreSQL, with an
 #                       entrypoint that honours POSTGRES_USER / POSTGRES_PASSWORD /

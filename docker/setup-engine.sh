@@ -6,7 +6,7 @@
 #
 # Storage driver: overlay2 when an overlay mount works in the state directory
 # (it does on our machines: image builds take ~10 s instead of ~90 s, because vfs
-# copies the whole tree for every build step), else vfs, as in ../shared/docker.md.
+# copies the whole tree for every build step), else vfs.
 # DREAMCATCHER_DOCKER_STORAGE=vfs|overlay2 forces one.
 #
 #   docker/setup-engine.sh [STATE_DIR]      # default: ${DREAMCATCHER_DOCKER_STATE:-/tmp/dreamcatcher-docker}
@@ -14,7 +14,6 @@
 #   docker/stop-engine.sh STATE_DIR          # stops it (by its pid) and removes its data
 #
 # Needs root (apt-get, dockerd). No image is pulled: see docker/build-local-images.sh.
-# The recipe is ../shared/docker.md.
 set -euo pipefail
 
 state="${1:-${DREAMCATCHER_DOCKER_STATE:-/tmp/dreamcatcher-docker}}"

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import asyncpg
 
+from .db.queries import query
 from .errors import (
     DRIVER_ERRORS,
     ConnectionLostError,
@@ -36,7 +37,6 @@ from .errors import (
     map_db_error,
 )
 from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
-from .queries import query
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
 log = logging.getLogger(__name__)

@@ -62,6 +62,42 @@ class DatabaseError(DreamcatcherError):
         self.sqlstate = sqlstate
 
 
+class TimeTravelError(DreamcatcherError):
+    """Base class of the errors of replay, diff and snapshots."""
+
+
+class UnknownWorldError(TimeTravelError):
+    """The world has no configuration and no frames in this database."""
+
+
+class FrameNotMergedError(TimeTravelError):
+    """A frame asked for (or one below it) has not merged yet."""
+
+
+class SnapshotError(TimeTravelError):
+    """A snapshot could not be written or loaded."""
+
+
+class SnapshotCorruptError(SnapshotError):
+    """The archive is damaged: truncated, not gzip/tar, a checksum or a count does not match."""
+
+
+class SnapshotFormatError(SnapshotError):
+    """The file is not a dreamcatcher snapshot, or one of a version this code does not read."""
+
+
+class SnapshotVerificationError(SnapshotError):
+    """Replaying the archive's log does not give the hashes or the state it claims."""
+
+
+class WorldNotEmptyError(SnapshotError):
+    """The target world of an import already has data (frames, deltas, state...)."""
+
+
+class ExportDirError(TimeTravelError):
+    """``export-dir`` refused its target directory."""
+
+
 #: SQLSTATE classes that mean the connection, not the request, failed.
 _CONNECTION_CLASSES = ("08", "57")
 

@@ -1,6 +1,6 @@
 """The merger: one asyncio loop per world that turns closed frames into state.
 
-Connections (never pooled, see STYLE.md): one *session* connection holds the
+Connections (never pooled, see docs/design.md §8): one *session* connection holds the
 world's leader lock (``pg_try_advisory_lock``) and runs every merge, so a
 merger that loses its connection loses the lock and its open transaction
 together; one autocommit *listener* connection LISTENs for wake-ups. The loop
@@ -44,8 +44,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from .db.queries import query
 from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
-from .queries import query
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +498,7 @@ async def run_mergers(
     stop = stop or asyncio.Event()
     mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
     if metrics_port is not None:
-        from .metrics import start_metrics_server
+        from .ops.metrics import start_metrics_server
 
         start_metrics_server(metrics_port, mergers)
     await asyncio.gather(*(m.run(stop) for m in mergers))

@@ -49,8 +49,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from dreamcatcher_pg.db.schema import init_database
 from dreamcatcher_pg.merger import Merger
-from dreamcatcher_pg.schema import init_database
 
 logger = logging.getLogger(__name__)
 

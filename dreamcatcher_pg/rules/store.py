@@ -22,9 +22,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..db.connect import ConnOrDsn, connected, transaction
+from ..db.queries import query
 from ..errors import DreamcatcherError
-from ..queries import query
-from ..replay import ConnOrDsn, connected, transaction
 from .compile import compile_rules
 from .model import RuleSet
 from .parse import parse_rules

@@ -20,8 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from ..db.queries import query
 from ..errors import DRIVER_ERRORS
-from ..queries import query
 from .errors import ApiError
 
 log = logging.getLogger(__name__)

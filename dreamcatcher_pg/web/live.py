@@ -20,8 +20,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from ..db.queries import query
 from ..errors import DRIVER_ERRORS
-from ..queries import query
 from . import params
 from .api_frames import reader_of
 from .db import connect

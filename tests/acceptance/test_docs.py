@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from dreamcatcher_pg import Merger, configure_world
-from dreamcatcher_pg.metrics import DatabaseRefresher, WorldCounts, build_registry
-from dreamcatcher_pg.status import collect_status
+from dreamcatcher_pg.ops.metrics import DatabaseRefresher, WorldCounts, build_registry
+from dreamcatcher_pg.ops.status import collect_status
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -118,7 +118,7 @@ def test_the_testing_example_passes(tmp_path: Path, dreamcatcher_server_dsn: str
 
 def test_guarantees_mirror_the_readme_table() -> None:
     def rows(text: str) -> list[str]:
-        return [line for line in text.splitlines() if line.startswith("| ") and "DESIGN.md §2" not in line
+        return [line for line in text.splitlines() if line.startswith("| ") and "design.md §2" not in line
                 and re.match(r"\| \d+\. ", line)]  # fmt: skip
 
     readme = rows((ROOT / "README.md").read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""DESIGN.md §2 invariant 3: nothing is lost at the frame boundary.
+"""docs/design.md §2 invariant 3: nothing is lost at the frame boundary.
 
 Many inserters race the close of their frame. Every insert must either land
 before the close (and then be merged into that frame exactly once) or fail with
@@ -252,7 +252,7 @@ async def test_batches_racing_close_are_merged_once_or_refused(dreamcatcher_dsn:
 async def test_a_reader_never_sees_a_merged_frame_without_an_acknowledged_delta(
     dreamcatcher_dsn: str,
 ) -> None:
-    """STYLE.md habit 5, the ordering hazard.
+    """The ordering hazard (docs/design.md §2.3).
 
     Inserters keep writing into "the current frame" while a closer rolls the
     frames forward and the merger runs. A reader polls the committed frames:

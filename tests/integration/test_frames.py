@@ -1,4 +1,4 @@
-"""Frames (DESIGN.md §4): closing, merge order, late deltas, waiting for merges."""
+"""Frames (docs/design.md §4): closing, merge order, late deltas, waiting for merges."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from helpers import connection, fetch, unique_utc, wait_until
 from dreamcatcher_pg import DeltaClient, InvalidDeltaError, Merger
 from dreamcatcher_pg.client import session_settings
 from dreamcatcher_pg.models import prepare_delta
-from dreamcatcher_pg.status import collect_status
+from dreamcatcher_pg.ops.status import collect_status
 
 VICTIM = "victim"
 BYSTANDER = "bystander"

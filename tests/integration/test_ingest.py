@@ -1,4 +1,4 @@
-"""``dreamcatcher ingest``: real delta files into a real PostgreSQL (DESIGN.md §6)."""
+"""``dreamcatcher ingest``: real delta files into a real PostgreSQL (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md §2 invariants 1, 2, 4, 5, 6 and 8, each on a real PostgreSQL.
+"""docs/design.md §2 invariants 1, 2, 4, 5, 6 and 8, each on a real PostgreSQL.
 
 (Invariant 3, the frame fence, is in test_fence.py; 7, the single writer, in test_leader.py.)
 """

@@ -1,4 +1,4 @@
-"""DESIGN.md §2 invariant 7: one merger per world writes state; a standby takes over.
+"""docs/design.md §2 invariant 7: one merger per world writes state; a standby takes over.
 
 A test-side trigger (``helpers.install_merge_audit``) records every write that
 leaves a frame 'merged', with the backend that did it, so "merged exactly once,
@@ -30,7 +30,7 @@ from helpers import (
 )
 
 from dreamcatcher_pg import DeltaClient, Merger
-from dreamcatcher_pg.queries import query
+from dreamcatcher_pg.db.queries import query
 
 WORLD = "lead"
 TIMEOUT = 20.0

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger, configure_world
-from dreamcatcher_pg.metrics import DatabaseRefresher, build_registry, refresh_interval_for
+from dreamcatcher_pg.ops.metrics import DatabaseRefresher, build_registry, refresh_interval_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from helpers import at, close_frames, connection, insert_each, merge_until_idle, scenario
 
-from dreamcatcher_pg import DeltaClient, FrameClosedError, replay
+from dreamcatcher_pg import DeltaClient, FrameClosedError
 from dreamcatcher_pg.cli import main
-from dreamcatcher_pg.timetravel import FrameNotMergedError, UnknownWorldError, replay_verify
+from dreamcatcher_pg.timetravel import FrameNotMergedError, UnknownWorldError, replay, replay_verify
 
 W = "w"
 TABLES = ("delta_log", "frame_log", "entity_versions", "deferred_log", "quarantine_log", "late_log", "worlds")

@@ -27,7 +27,8 @@ from psycopg import sql
 
 from dreamcatcher_pg import DatabaseError, DeltaClient, DreamcatcherError, Merger
 from dreamcatcher_pg.cli import main
-from dreamcatcher_pg.roles import (
+from dreamcatcher_pg.db.schema import init_database
+from dreamcatcher_pg.ops.roles import (
     InvalidRolePrefixError,
     RoleNames,
     create_roles,
@@ -35,7 +36,6 @@ from dreamcatcher_pg.roles import (
     revoke_stream,
     role_names,
 )
-from dreamcatcher_pg.schema import init_database
 from dreamcatcher_pg.testing import database_dsn
 
 W = "w"  # the world the workers write

@@ -1,4 +1,4 @@
-"""The merge rules of DESIGN.md §3, on the real-world shapes of §6.
+"""The merge rules of docs/design.md §3, on the real-world shapes of §6.
 
 Every test writes deltas with :class:`DeltaClient`, closes the frames, runs a
 :class:`Merger` until it is idle and reads the public views with asyncpg.

@@ -43,7 +43,6 @@ from test_replay import TABLES, W, build_world
 from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.ingest import ingest_directory, parse_file_name
-from dreamcatcher_pg.snapshot import MAX_LINE_BYTES, check_archive
 from dreamcatcher_pg.testing import database_dsn
 from dreamcatcher_pg.timetravel import (
     ExportDirError,
@@ -57,6 +56,7 @@ from dreamcatcher_pg.timetravel import (
     import_snapshot,
     state_at,
 )
+from dreamcatcher_pg.timetravel.snapshot import MAX_LINE_BYTES, check_archive
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
 ENVELOPE = ("frame", "stream_id", "utc")

@@ -1,4 +1,4 @@
-"""Time travel and the public SQL surface (DESIGN.md §5): views, *_at functions, diff."""
+"""Time travel and the public SQL surface (docs/design.md §5): views, *_at functions, diff."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dreamcatcher_pg import DeltaClient, Merger
 
 WORLD = "default"
 
-#: DESIGN.md §5: every entity view and *_at function has world, its key columns,
+#: docs/design.md §5: every entity view and *_at function has world, its key columns,
 #: data jsonb, first_frame and last_frame.
 ENTITY_KEYS: dict[str, list[str]] = {
     "posts": ["number"],

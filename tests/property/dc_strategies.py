@@ -1,6 +1,6 @@
 """Hypothesis strategies and database helpers shared by the property and fuzz tests.
 
-Items are generated with a label saying what the rules of DESIGN.md §3/§6 must
+Items are generated with a label saying what the rules of docs/design.md §3/§6 must
 make of them, so a test can check that every unreadable item is quarantined and
 every readable one reaches the state, without re-implementing the rules.
 """

@@ -349,7 +349,7 @@ async def test_a_file_at_the_first_or_last_instant_does_not_stop_the_merge(
 async def test_an_entity_key_too_long_for_an_index_does_not_stop_ingest(
     dreamcatcher_dsn: str, tmp_path: Path
 ) -> None:
-    """DESIGN.md §6: ingesting any directory must never crash (a 3 kB comment id, incompressible)."""
+    """docs/design.md §6: ingesting any directory must never crash (a 3 kB comment id, incompressible)."""
     directory = fresh_dir(tmp_path)
     (directory / GOOD_NAME).write_bytes(orjson.dumps(GOOD))
     (directory / "frame-1-long.json").write_bytes(

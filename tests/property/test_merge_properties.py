@@ -1,7 +1,7 @@
 """Properties of the merge rules, on a real PostgreSQL (issue 3, item 5).
 
 Hypothesis generates the deltas of a frame over every rule and the messy shapes
-of DESIGN.md §6 (posts as objects, ints and digit strings; comments with and
+of docs/design.md §6 (posts as objects, ints and digit strings; comments with and
 without ids, under every alias; reactions as objects, "NODE:TYPE", "TYPE on
 NODE" and tallies; chapters with targets; observations; unknown and envelope
 keys; unreadable items of every kind), with streams and clocks chosen so that

@@ -1,4 +1,4 @@
-"""Parsing delta files for ``dreamcatcher ingest`` (DESIGN.md §6): pure, no database."""
+"""Parsing delta files for ``dreamcatcher ingest`` (docs/design.md §6): pure, no database."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from dreamcatcher_pg.db.queries import query
 from dreamcatcher_pg.ingest import (
     FALLBACK_UTC,
     PREVIEW_CHARS,
@@ -21,7 +22,6 @@ from dreamcatcher_pg.ingest import (
     read_directory,
 )
 from dreamcatcher_pg.models import MAX_FRAME
-from dreamcatcher_pg.queries import query
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
 

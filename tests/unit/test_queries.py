@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import dreamcatcher_pg
-from dreamcatcher_pg.queries import all_queries, query
+from dreamcatcher_pg.db.queries import all_queries, query
 
 PACKAGE = Path(dreamcatcher_pg.__file__).parent
 USED = re.compile(r"""query\(\s*["'](\w+)["']\s*\)""")

@@ -53,8 +53,8 @@ def _ready(open_browser: bool) -> Any:
 
 
 def cmd_web(args: argparse.Namespace, dsn: str) -> int:
-    from .app import WebConfig
-    from .server import serve
+    from ..web.app import WebConfig
+    from ..web.server import serve
 
     reader_role = f"{args.role_prefix}_reader"
     config = WebConfig(dsn, world=args.world, token=_token(args.token), reader_role=reader_role)
@@ -74,8 +74,8 @@ def add_demo_arguments(p: Any) -> None:
 def run_demo_web(dsn: str, world: str, port: int) -> int:
     """After ``demo``: a merger for the demo world and the inspector on it, until interrupted."""
     from ..merger import Merger
-    from .app import WebConfig
-    from .server import serve
+    from ..web.app import WebConfig
+    from ..web.server import serve
 
     async def run() -> None:
         stop = asyncio.Event()

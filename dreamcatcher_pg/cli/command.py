@@ -22,8 +22,9 @@ from typing import Any
 
 import orjson
 
-from . import __version__
-from .settings import Settings
+from .. import __version__
+from ..settings import Settings
+from . import demo, ingest, rules, status, timetravel, web
 
 Command = Callable[[argparse.Namespace, str], int]
 
@@ -91,8 +92,8 @@ def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from .embedded import start_embedded
-    from .schema import init_database
+    from ..db.schema import init_database
+    from ..embedded import start_embedded
 
     temporary = getattr(args, "embedded", "persistent") == "temporary"
     data_dir = None
@@ -111,12 +112,12 @@ def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
 
 
 def cmd_init(args: argparse.Namespace, dsn: str) -> int:
-    from .schema import init_database
+    from ..db.schema import init_database
 
     asyncio.run(init_database(dsn))
     print("schema dreamcatcher is up to date")
     if args.roles:
-        from .roles import create_roles
+        from ..ops.roles import create_roles
 
         restrict = args.restrict_lock_functions
         for name in asyncio.run(create_roles(dsn, prefix=args.role_prefix, restrict_lock_functions=restrict)):
@@ -132,7 +133,7 @@ def cmd_dsn(args: argparse.Namespace, dsn: str) -> int:
 def cmd_world(args: argparse.Namespace, dsn: str) -> int:
     import asyncpg
 
-    from .client import configure_world
+    from ..client import configure_world
 
     async def run() -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
@@ -158,7 +159,7 @@ def cmd_world(args: argparse.Namespace, dsn: str) -> int:
 
 
 def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
-    from .merger import run_mergers
+    from ..merger import run_mergers
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -177,27 +178,6 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
         )
 
     asyncio.run(run())
-    return 0
-
-
-def cmd_status(args: argparse.Namespace, dsn: str) -> int:
-    from .status import collect_status, render_status, status_json, watch_status
-
-    if args.watch:
-        with contextlib.suppress(KeyboardInterrupt):
-            watch_status(
-                dsn, args.world, interval=args.interval, json_lines=args.json,
-                write=lambda line: print(line, flush=True),
-            )  # fmt: skip
-        return 0
-    worlds = asyncio.run(collect_status(dsn, args.world))
-    if args.json:
-        print(status_json(worlds))
-    else:
-        from rich.console import Console
-
-        console = Console()
-        console.print(render_status(worlds, console.width))
     return 0
 
 
@@ -344,16 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="--watch refresh interval (default 1.0)",
     )
-    p.set_defaults(func=cmd_status)
-
-    from . import demo, ingest, timetravel
-    from .rules import cli as rules_cli
-    from .web import command as web
+    p.set_defaults(func=status.cmd_status)
 
     ingest.register(sub)
     demo.register(sub)
     timetravel.register(sub)
-    rules_cli.register(sub)
+    rules.register(sub)
     web.register(sub)
     return parser
 
@@ -384,7 +360,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from .errors import DreamcatcherError
+        from ..errors import DreamcatcherError
 
         if isinstance(exc, DreamcatcherError | OSError):
             print(f"dreamcatcher: error: {exc}", file=sys.stderr)

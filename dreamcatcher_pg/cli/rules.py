@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .parse import RulesError, load_rules
+from ..rules.parse import RulesError, load_rules
 
 
 def _load(path: str) -> Any:
@@ -35,7 +35,7 @@ def cmd_check(args: argparse.Namespace, dsn: str) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, dsn: str) -> int:
-    from .store import apply_rules
+    from ..rules.store import apply_rules
 
     rules = _load(args.file)
     if rules is None:
@@ -56,7 +56,7 @@ def cmd_apply(args: argparse.Namespace, dsn: str) -> int:
 
 
 def cmd_show(args: argparse.Namespace, dsn: str) -> int:
-    from .store import show_rules
+    from ..rules.store import show_rules
 
     versions = asyncio.run(show_rules(dsn, args.world))
     if args.json:

@@ -47,8 +47,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import DRIVER_ERRORS
-from .queries import query
+from ..db.queries import query
+from ..errors import DRIVER_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -48,20 +48,20 @@ import asyncpg
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import __version__
-from .ingest import ParsedDelta, parse_delta_file
-from .models import MAX_FRAME, validate_identity
-from .queries import query
-from .replay import (
-    ConnOrDsn,
-    Progress,
-    TimeTravelError,
-    connected,
-    merge_one,
-    merged_frames,
-    transaction,
+from .. import __version__
+from ..db.connect import ConnOrDsn, connected, transaction, utc
+from ..db.queries import query
+from ..errors import (
+    ExportDirError,
+    SnapshotCorruptError,
+    SnapshotFormatError,
+    SnapshotVerificationError,
+    WorldNotEmptyError,
 )
-from .settings import DEFAULT_MAX_PAYLOAD_BYTES
+from ..ingest.parse import ParsedDelta, parse_delta_file
+from ..models import MAX_FRAME, validate_identity
+from ..settings import DEFAULT_MAX_PAYLOAD_BYTES
+from .replay import Progress, merge_one, merged_frames
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +89,6 @@ MAX_LINE_BYTES = 96 << 20
 #: The most an archive may make the reader read at once: a tar header (a pax header is read
 #: whole), the manifest, or a block of a line. Anything asking for more is refused unread.
 MAX_READ_BYTES = max(MAX_MANIFEST_BYTES, 1 << 20) + 1
-
-
-class SnapshotError(TimeTravelError):
-    """A snapshot could not be written or loaded."""
-
-
-class SnapshotCorruptError(SnapshotError):
-    """The archive is damaged: truncated, not gzip/tar, a checksum or a count does not match."""
-
-
-class SnapshotFormatError(SnapshotError):
-    """The file is not a dreamcatcher snapshot, or one of a version this code does not read."""
-
-
-class SnapshotVerificationError(SnapshotError):
-    """Replaying the archive's log does not give the hashes or the state it claims."""
-
-
-class WorldNotEmptyError(SnapshotError):
-    """The target world of an import already has data (frames, deltas, state...)."""
-
-
-class ExportDirError(TimeTravelError):
-    """``export-dir`` refused its target directory."""
 
 
 class MemberInfo(BaseModel):
@@ -174,7 +150,7 @@ async def export_snapshot(
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="dc-export-") as tmp:
         async with connected(conn_or_dsn) as conn, transaction(conn, readonly=True):
-            await conn.execute("SET LOCAL TimeZone = 'UTC'")
+            await utc(conn)
             frames, _ = await merged_frames(conn, world, frame)
             config = await conn.fetchrow(query("snapshot_world_config"), world)
             members: dict[str, MemberInfo] = {}
@@ -517,7 +493,7 @@ async def import_snapshot(
     validate_identity(target, "import")
     async with connected(conn_or_dsn) as conn, transaction(conn, isolation="read_committed"):
         applied = await _ensure_schema(conn)
-        await conn.execute("SET LOCAL TimeZone = 'UTC'")
+        await utc(conn)
         await conn.execute(query("snapshot_lock_world"), target)
         if await conn.fetchval(query("snapshot_world_has_data"), target):
             raise WorldNotEmptyError(
@@ -546,7 +522,7 @@ async def import_snapshot(
 async def _ensure_schema(conn: asyncpg.Connection) -> bool:
     if await conn.fetchval(query("snapshot_schema_present")):
         return False
-    from .schema import apply_schema
+    from ..db.schema import apply_schema
 
     await apply_schema(conn)
     return True
@@ -590,7 +566,7 @@ async def _load(
 async def _import_rules(conn: asyncpg.Connection, path: Path, target: str, lines: list[bytes]) -> None:
     """Install the archive's rule sets (compiled again from their source: nothing of the archive
     is trusted) and give ``target`` the archived world's rule versions."""
-    from .rules import RulesError, install_rule_set, parse_rules
+    from ..rules import RulesError, install_rule_set, parse_rules
 
     for line in lines:
         doc = orjson.loads(line)
@@ -741,10 +717,10 @@ async def export_dir(
     used: set[str] = set()
     frames: set[int] = set()
     async with connected(conn_or_dsn) as conn, transaction(conn, readonly=True):
-        await conn.execute("SET LOCAL TimeZone = 'UTC'")
+        await utc(conn)
         total = await conn.fetchval(query("export_dir_count"), world, to_frame)
         cursor = await conn.cursor(query("export_dir_deltas"), world, to_frame)
-        from .rules.store import export_directory_rules
+        from ..rules.store import export_directory_rules
 
         rules_files = await export_directory_rules(conn, world, to_frame)
         await asyncio.to_thread(_write_files, directory, [(n, s.encode()) for n, s in rules_files.items()])

@@ -1,6 +1,6 @@
 """Replay: rebuild a world's projection from its log alone, and check it.
 
-How :func:`replay_verify` works. The state hash is world-agnostic (DESIGN.md
+How :func:`replay_verify` works. The state hash is world-agnostic (docs/design.md
 §2.8), so the log of world W can be merged again under another name and must
 give the same hash after every frame. The replay runs in ONE transaction on
 one connection, under a scratch world name, and that transaction is always
@@ -27,24 +27,22 @@ INSERT on the dreamcatcher tables (the merger's rights), not only SELECT.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import orjson
 
-from .errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
-from .queries import query
+from ..db.connect import ConnOrDsn, connected, transaction, utc
+from ..db.queries import query
+from ..errors import FrameNotMergedError, TimeTravelError, UnknownWorldError
 
 log = logging.getLogger(__name__)
 
-#: A DSN, or an open connection (used as is and never closed here).
-ConnOrDsn = str | asyncpg.Connection
 #: ``on_progress(done, total)``, called after each merged frame.
 Progress = Callable[[int, int], None]
 
@@ -52,18 +50,6 @@ Progress = Callable[[int, int], None]
 CHUNK_FRAMES = 256
 #: At most this many hash mismatches are listed in a report.
 MAX_LISTED = 100
-
-
-class TimeTravelError(DreamcatcherError):
-    """Base class of the errors of replay, diff and snapshots."""
-
-
-class UnknownWorldError(TimeTravelError):
-    """The world has no configuration and no frames in this database."""
-
-
-class FrameNotMergedError(TimeTravelError):
-    """A frame asked for (or one below it) has not merged yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,35 +97,6 @@ class ReplayReport:
         doc["hashes"] = {str(k): v for k, v in self.hashes.items()}
         doc["ok"] = self.ok
         return doc
-
-
-@contextlib.asynccontextmanager
-async def connected(conn_or_dsn: ConnOrDsn) -> AsyncIterator[asyncpg.Connection]:
-    """A connection: opened (and closed) here for a DSN, else the caller's. Driver errors are mapped."""
-    try:
-        if isinstance(conn_or_dsn, str):
-            conn = await asyncpg.connect(conn_or_dsn)
-            try:
-                yield conn
-            finally:
-                await conn.close()
-        else:
-            yield conn_or_dsn
-    except DRIVER_ERRORS as exc:
-        raise map_db_error(exc) from exc
-
-
-def transaction(
-    conn: asyncpg.Connection,
-    *,
-    readonly: bool = False,
-    isolation: Literal["read_committed", "repeatable_read"] = "repeatable_read",
-) -> Any:
-    """A transaction (REPEATABLE READ: one consistent view), or a savepoint when the caller
-    already has a transaction open on ``conn``."""
-    if conn.is_in_transaction():
-        return conn.transaction()
-    return conn.transaction(isolation=isolation, readonly=readonly)
 
 
 def scratch_world() -> str:
@@ -250,7 +207,7 @@ async def _replay(
     on_progress: Progress | None,
 ) -> None:
     scratch = scratch_world()
-    await conn.execute("SET LOCAL TimeZone = 'UTC'")
+    await utc(conn)
     report.first_frame, report.last_frame = frames[0]["frame"], frames[-1]["frame"]
     first_bad: Divergence | None = None
     done = 0

@@ -32,13 +32,13 @@ async def apply_schema(conn: asyncpg.Connection) -> None:
         await conn.execute("SET LOCAL client_min_messages = warning")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK_KEY)
         await conn.execute(script)
-        from .rules.store import install_default  # the default rule set: compiled from default.toml
+        from ..rules.store import install_default  # the default rule set: compiled from default.toml
 
         await install_default(conn)
         if await conn.fetchval("SELECT to_regclass('dreamcatcher.stream_owners') IS NOT NULL"):
             # roles are installed (init --roles): re-applying the schema made the entry points
             # SECURITY INVOKER again; restore them, or every worker would be refused
-            from .roles import roles_sql
+            from ..ops.roles import roles_sql
 
             await conn.execute(roles_sql())
 
