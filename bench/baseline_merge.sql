@@ -1,4 +1,4 @@
--- dreamcatcher_pg merge: the per-entity rules of DESIGN.md §3, set-based.
+-- dreamcatcher_pg merge: the per-entity rules of docs/design.md §3, set-based.
 --
 -- A frame is merged by dreamcatcher.merge_frame(world, frame) in the caller's
 -- transaction. Deltas apply in ascending (frame, utc, stream_id, rule, position)
@@ -101,7 +101,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
            END
 $$;
 
--- Keys that describe the delta itself (its envelope: DESIGN.md §6), not state: neither
+-- Keys that describe the delta itself (its envelope: docs/design.md §6), not state: neither
 -- merged nor counted.
 CREATE OR REPLACE FUNCTION dreamcatcher.is_meta_key(p_key text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

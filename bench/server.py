@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.procmem import memory_gb, physical_cores
-from dreamcatcher_pg.db.schema import init_database
+from dreamcatcher_pg.ops.schema import init_database
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from dreamcatcher_pg.db.schema import apply_schema
+from dreamcatcher_pg.ops.schema import apply_schema
 
 WORLD = "webbench"
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -139,9 +139,7 @@ async def build(conn: asyncpg.Connection, entities: int, frames: int) -> dict[st
     """Write the world; returns what it holds (entities, versions, deltas, frames)."""
     posts, comments, agents, reactions = counts(entities)
     await conn.execute("SET work_mem = '256MB'; SET maintenance_work_mem = '512MB'")
-    await conn.execute(
-        "INSERT INTO dreamcatcher.worlds (world, horizon) VALUES ($1, $2)", WORLD, frames - 1
-    )
+    await conn.execute("INSERT INTO dreamcatcher.worlds (world, horizon) VALUES ($1, $2)", WORLD, frames - 1)
     for index in SECONDARY:
         await conn.execute(f"DROP INDEX IF EXISTS dreamcatcher.{index}")  # names from SECONDARY above
     await conn.execute(VERSIONS, WORLD, posts, frames, comments, agents, reactions)

@@ -1,8 +1,13 @@
 """dreamcatcher_pg: the Dream Catcher protocol on PostgreSQL.
 
 Workers append deltas with :class:`DeltaClient`; a :class:`Merger` applies each
-closed frame to the projected state in one transaction.
+closed frame to the projected state in one transaction. The design and the
+layout of the package: docs/design.md.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .client import DeltaClient, configure_world
 from .errors import (
@@ -14,8 +19,10 @@ from .errors import (
     FrameClosedError,
     InvalidDeltaError,
 )
-from .merger import Merger, MergeResult
 from .models import Receipt
+
+if TYPE_CHECKING:
+    from .merger import Merger, MergeResult
 
 __all__ = [
     "AppendOnlyViolation",
@@ -33,3 +40,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``Merger`` and ``MergeResult`` on first use: a worker importing the package never loads
+    the merge loop."""
+    if name in ("Merger", "MergeResult"):
+        from . import merger
+
+        return getattr(merger, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

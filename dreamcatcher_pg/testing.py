@@ -45,12 +45,18 @@ from typing import Any, Final, Literal, TypeVar, cast, get_args
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
-import pytest
+
+try:
+    import pytest
+except ImportError as exc:  # the plugin is for test suites; the package itself never needs pytest
+    raise ImportError(
+        "dreamcatcher_pg.testing is a pytest plugin and needs pytest: pip install 'dreamcatcher-pg[test]'"
+    ) from exc
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dreamcatcher_pg.db.schema import init_database
 from dreamcatcher_pg.merger import Merger
+from dreamcatcher_pg.ops.schema import init_database
 
 logger = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ $$;
 -- What every rule set's compiled merge (sql/rules.sql, dreamcatcher_pg/rules) reads with.
 -- ---------------------------------------------------------------------------
 
--- Keys that describe the delta itself (its envelope: DESIGN.md §6), not state: neither
+-- Keys that describe the delta itself (its envelope: docs/design.md §6), not state: neither
 -- merged nor counted.
 CREATE OR REPLACE FUNCTION dreamcatcher.is_meta_key(p_key text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

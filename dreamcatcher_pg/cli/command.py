@@ -92,8 +92,8 @@ def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from ..db.schema import init_database
     from ..embedded import start_embedded
+    from ..ops.schema import init_database
 
     temporary = getattr(args, "embedded", "persistent") == "temporary"
     data_dir = None
@@ -112,7 +112,7 @@ def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
 
 
 def cmd_init(args: argparse.Namespace, dsn: str) -> int:
-    from ..db.schema import init_database
+    from ..ops.schema import init_database
 
     asyncio.run(init_database(dsn))
     print("schema dreamcatcher is up to date")

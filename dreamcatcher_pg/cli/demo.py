@@ -58,7 +58,7 @@ def cmd_demo(args: argparse.Namespace, dsn: str) -> int:
         world=args.world,
     )
     if args.dsn or Settings.from_env().dsn:  # the user's server (the embedded one is set up already)
-        from ..db.schema import init_database
+        from ..ops.schema import init_database
 
         asyncio.run(init_database(dsn))
     with _quiet(not args.verbose):

@@ -33,8 +33,11 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
     p.add_argument("--token", help=f"require this token from every client (default: ${TOKEN_ENV}); "
                    "the page is opened as http://HOST:PORT/?token=TOKEN")  # fmt: skip
-    p.add_argument("--role-prefix", default="dreamcatcher",
-                   help="read as the role PREFIX_reader when it exists (init --roles; default dreamcatcher)")
+    p.add_argument(
+        "--role-prefix",
+        default="dreamcatcher",
+        help="read as the role PREFIX_reader when it exists (init --roles; default dreamcatcher)",
+    )
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
     p.set_defaults(func=cmd_web)
 
@@ -64,9 +67,11 @@ def cmd_web(args: argparse.Namespace, dsn: str) -> int:
 
 def add_demo_arguments(p: Any) -> None:
     """``demo --web [--web-port PORT]``."""
-    p.add_argument("--web", action="store_true",
-                   help="then keep the demo world up (with a merger) and serve the inspector on it "
-                   "until Ctrl-C")
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="then keep the demo world up (with a merger) and serve the inspector on it until Ctrl-C",
+    )
     p.add_argument("--web-port", type=int, default=8765, metavar="PORT",
                    help="the inspector's port with --web (default 8765; 0: any free port)")  # fmt: skip
 

@@ -11,7 +11,6 @@ Nothing here prints: the command (:mod:`dreamcatcher_pg.cli.demo`) renders
 progress and the summary.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +32,6 @@ from ..models import Receipt
 from .plan import COORDINATOR, plan_frame, stream_name
 
 log = logging.getLogger(__name__)
-
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ target (books compile during the run), observations, a few unreadable items
 (quarantined) and a few retried inserts (acknowledged as ``"duplicate"``).
 """
 
-
 from __future__ import annotations
 
 import logging

@@ -4,7 +4,6 @@ what cannot be stored, close the ingested frames and merge them.
 Parsing one file is :mod:`.parse` (pure); the command is :mod:`dreamcatcher_pg.cli.ingest`.
 """
 
-
 from __future__ import annotations
 
 import asyncio

@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import asyncpg
 
-from ..db.schema import _INIT_LOCK_KEY
 from ..errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
+from .schema import _INIT_LOCK_KEY
 
 log = logging.getLogger(__name__)
 

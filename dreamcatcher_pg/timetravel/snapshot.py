@@ -522,7 +522,7 @@ async def import_snapshot(
 async def _ensure_schema(conn: asyncpg.Connection) -> bool:
     if await conn.fetchval(query("snapshot_schema_present")):
         return False
-    from ..db.schema import apply_schema
+    from ..ops.schema import apply_schema
 
     await apply_schema(conn)
     return True

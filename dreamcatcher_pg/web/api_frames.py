@@ -35,8 +35,11 @@ def _summary(row: asyncpg.Record) -> dict[str, Any]:
         }
     return {
         "world": row["world"],
-        "frames": {"open": row["frames_open"], "closed": row["frames_closed"],
-                   "merged": row["frames_merged"]},
+        "frames": {
+            "open": row["frames_open"],
+            "closed": row["frames_closed"],
+            "merged": row["frames_merged"],
+        },
         "first_frame": row["first_frame"],
         "last_frame": row["last_frame"],
         "last_merged": row["last_merged"],

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from dreamcatcher_pg import DeltaClient, Merger, MergeResult
-from dreamcatcher_pg.db.schema import init_database
+from dreamcatcher_pg.ops.schema import init_database
 from dreamcatcher_pg.testing import database_dsn
 
 #: Fixed writer clocks: the same delta set can be replayed anywhere with the same keys.

@@ -101,7 +101,7 @@ def test_database_dsn(dsn: str, expected: str) -> None:
 
 async def test_init_twice_is_safe_and_keeps_data(dreamcatcher_dsn: str) -> None:
     from dreamcatcher_pg import DeltaClient
-    from dreamcatcher_pg.db.schema import init_database
+    from dreamcatcher_pg.ops.schema import init_database
 
     async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w") as dc:
         await dc.insert_delta(1, {"observations": [1]})

@@ -18,9 +18,8 @@ from dreamcatcher_pg import DeltaClient, Merger
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.ingest import ingest_directory
 
-#: The six real delta files, copied from the shared corpus so the repo is self-contained.
+#: The six real delta files (tests/data/corpus/README.md says where they come from).
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
-SHARED_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 CORPUS_FRAMES = [10, 108, 138, 500, 520]
 
 
@@ -51,13 +50,6 @@ def write(directory: Path, name: str, doc: Any) -> None:
 async def frame_hashes(dsn: str, world: str) -> dict[int, str]:
     rows = await fetch(dsn, "SELECT frame, state_hash FROM dreamcatcher.frames WHERE world = $1", world)
     return {r["frame"]: r["state_hash"] for r in rows}
-
-
-def test_repo_corpus_is_the_shared_corpus() -> None:
-    if not SHARED_CORPUS.is_dir():
-        pytest.skip(f"no shared corpus at {SHARED_CORPUS}")
-    for path in SHARED_CORPUS.iterdir():
-        assert (CORPUS / path.name).read_bytes() == path.read_bytes()
 
 
 async def test_corpus_ingests_and_merges(dreamcatcher_dsn: str) -> None:

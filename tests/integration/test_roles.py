@@ -27,7 +27,6 @@ from psycopg import sql
 
 from dreamcatcher_pg import DatabaseError, DeltaClient, DreamcatcherError, Merger
 from dreamcatcher_pg.cli import main
-from dreamcatcher_pg.db.schema import init_database
 from dreamcatcher_pg.ops.roles import (
     InvalidRolePrefixError,
     RoleNames,
@@ -36,6 +35,7 @@ from dreamcatcher_pg.ops.roles import (
     revoke_stream,
     role_names,
 )
+from dreamcatcher_pg.ops.schema import init_database
 from dreamcatcher_pg.testing import database_dsn
 
 W = "w"  # the world the workers write

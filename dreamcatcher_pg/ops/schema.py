@@ -38,7 +38,7 @@ async def apply_schema(conn: asyncpg.Connection) -> None:
         if await conn.fetchval("SELECT to_regclass('dreamcatcher.stream_owners') IS NOT NULL"):
             # roles are installed (init --roles): re-applying the schema made the entry points
             # SECURITY INVOKER again; restore them, or every worker would be refused
-            from ..ops.roles import roles_sql
+            from .roles import roles_sql
 
             await conn.execute(roles_sql())
 
