@@ -26,6 +26,8 @@ from typing import Any, cast
 
 import asyncpg
 
+from .db.connect import READ_COMMITTED, connect, create_pool, listen
+from .db.connect import session_settings as connection_settings
 from .db.queries import query
 from .errors import (
     DRIVER_ERRORS,
@@ -37,7 +39,7 @@ from .errors import (
     map_db_error,
 )
 from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
-from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
+from .settings import DEFAULT_MAX_PAYLOAD_BYTES, env_max_payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,7 @@ def session_settings(world: str, stream_id: str) -> dict[str, str]:
     """The settings of a client's sessions: the fence needs READ COMMITTED (the database's default
     may be another level), and the session names its stream, so that ``dreamcatcher status``
     can say which writer holds a frame open (``application_name``, at most 63 bytes)."""
-    name = f"dreamcatcher {world}/{stream_id}".encode()[:63].decode("utf-8", "ignore")
-    return {"default_transaction_isolation": "read committed", "application_name": name}
+    return connection_settings(f"dreamcatcher {world}/{stream_id}", READ_COMMITTED)
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:
@@ -119,20 +120,17 @@ class DeltaClient:
         ``max_payload_bytes`` defaults to ``$DREAMCATCHER_MAX_PAYLOAD_BYTES`` (else 1 MiB).
         """
         if max_payload_bytes is None:
-            max_payload_bytes = Settings.from_env().max_payload_bytes
+            max_payload_bytes = env_max_payload_bytes()
         validate_identity(world, stream_id)
         owns = pool is None
         if pool is None and pool_size > 1:
-            try:
-                pool = await asyncpg.create_pool(
-                    dsn,
-                    min_size=1,
-                    max_size=pool_size,
-                    reset=_no_session_state,
-                    server_settings=session_settings(world, stream_id),
-                )
-            except (OSError, asyncpg.PostgresError) as exc:
-                raise map_db_error(exc) from exc
+            pool = await create_pool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                reset=_no_session_state,
+                settings=session_settings(world, stream_id),
+            )
         client = cls(
             pool,
             dsn=dsn,
@@ -164,12 +162,11 @@ class DeltaClient:
         """The dedicated connection, (re)opened when needed. Call it in its turn (or at connect)."""
         if self._conn is None or self._conn.is_closed():
             self._conn = None
-            try:
-                self._conn = await asyncpg.connect(
-                    self._dsn, server_settings=session_settings(self.world, self.stream_id)
-                )
-            except DRIVER_ERRORS as exc:
-                raise map_db_error(exc) from exc
+            self._conn = await connect(
+                self._dsn,
+                application_name=f"dreamcatcher {self.world}/{self.stream_id}",
+                settings=READ_COMMITTED,
+            )
         return self._conn
 
     @contextlib.asynccontextmanager
@@ -392,12 +389,7 @@ class DeltaClient:
         async with self._listener_lock:
             if self._listener is not None and not self._listener.is_closed():
                 return
-            try:
-                conn = await asyncpg.connect(self._dsn)
-                await conn.add_listener(MERGED_CHANNEL, self._on_merged)
-            except DRIVER_ERRORS as exc:
-                raise map_db_error(exc) from exc
-            self._listener = conn
+            self._listener = await listen(self._dsn, MERGED_CHANNEL, self._on_merged)
 
     def _on_merged(self, conn: Any, pid: int, channel: str, payload: object) -> None:
         # wake every waiter of this generation; later waiters wait on a fresh event

@@ -44,6 +44,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from .db.connect import READ_COMMITTED, connect
 from .db.queries import query
 from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
 
@@ -124,16 +125,17 @@ class Merger:
             self._wakeup.set()
 
     async def _connect(self) -> None:
-        settings = {
-            # the fence and the claim need READ COMMITTED, whatever the database's default
-            "default_transaction_isolation": "read committed",
-            "application_name": f"dreamcatcher merger {self.world}".encode()[:63].decode("utf-8", "ignore"),
-        }
+        # raw driver errors: the run loop handles a broken connection itself
+        name = f"dreamcatcher merger {self.world}"
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.dsn, server_settings=settings)
+            self._conn = await connect(
+                self.dsn, application_name=name, settings=READ_COMMITTED, map_errors=False
+            )
             self.stats.is_leader = False
         if self._listener is None or self._listener.is_closed():
-            self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
+            self._listener = await connect(
+                self.dsn, application_name=name, settings=READ_COMMITTED, map_errors=False
+            )
             await self._listener.add_listener(WORK_CHANNEL, self._on_notify)
 
     async def _disconnect(self) -> None:

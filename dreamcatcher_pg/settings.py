@@ -1,4 +1,9 @@
-"""One frozen settings object, read from the environment (``DREAMCATCHER_*``)."""
+"""One frozen settings object, read from the environment (``DREAMCATCHER_*``).
+
+Only the command line builds :class:`Settings` (when a command runs, never when the
+parser is built). Library code reads nothing from the environment except the one
+documented default of :meth:`DeltaClient.connect` (:func:`env_max_payload_bytes`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,12 @@ from dataclasses import dataclass
 
 #: The largest payload accepted by the client, in bytes of serialized JSON.
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+
+
+def env_max_payload_bytes(environ: dict[str, str] | None = None) -> int:
+    """``$DREAMCATCHER_MAX_PAYLOAD_BYTES``, else :data:`DEFAULT_MAX_PAYLOAD_BYTES`."""
+    env = os.environ if environ is None else environ
+    return int(env.get("DREAMCATCHER_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES))
 
 
 @dataclass(frozen=True)
@@ -28,7 +39,7 @@ class Settings:
         return cls(
             dsn=env.get("DREAMCATCHER_DSN") or None,
             world=env.get("DREAMCATCHER_WORLD", "default"),
-            max_payload_bytes=int(env.get("DREAMCATCHER_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)),
+            max_payload_bytes=env_max_payload_bytes(env),
             poll_interval=float(env.get("DREAMCATCHER_POLL_INTERVAL", "1.0")),
             leader_timeout=float(env.get("DREAMCATCHER_LEADER_TIMEOUT", "30")),
             data_dir=env.get("DREAMCATCHER_DATA_DIR") or None,

@@ -131,12 +131,11 @@ def cmd_dsn(args: argparse.Namespace, dsn: str) -> int:
 
 
 def cmd_world(args: argparse.Namespace, dsn: str) -> int:
-    import asyncpg
-
     from ..client import configure_world
+    from ..db.connect import connect
 
     async def run() -> dict[str, Any]:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(dsn)
         try:
             expected = None
             if args.expect is not None:
@@ -350,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "world_from_env", False) and args.world is None:  # read now, not at parser build
+        args.world = settings.world
     configure_logging(args.log_format or settings.log_format, args.verbose, service=args.command == "merger")
     func: Command = args.func
     if not getattr(args, "needs_dsn", True):  # e.g. `rules check`: no server

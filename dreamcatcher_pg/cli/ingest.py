@@ -26,15 +26,13 @@ def register(sub: Any) -> None:
         "as late.",
     )
     p.add_argument("directory", metavar="DIR", type=Path, help="directory of delta files")
-    p.add_argument(
-        "--world", default=Settings.from_env().world, help="world to load into (default: %(default)s)"
-    )
+    p.add_argument("--world", help="world to load into (default: $DREAMCATCHER_WORLD or default)")
     p.add_argument(
         "--no-merge", dest="merge", action="store_false", help="only insert: do not close or merge"
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the merge (default 30)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=cmd_ingest, world_from_env=True)
 
 
 def cmd_ingest(args: argparse.Namespace, dsn: str) -> int:

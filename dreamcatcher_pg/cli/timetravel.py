@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..settings import Settings
 from ..timetravel.replay import Progress, ReplayReport, replay_verify
 from ..timetravel.snapshot import (
     export_dir,
@@ -192,16 +191,16 @@ def cmd_export_dir(args: argparse.Namespace, dsn: str) -> int:
 
 def register(sub: Any) -> None:
     """Add ``diff``, ``replay``, ``export``, ``import`` and ``export-dir`` to the ``dreamcatcher`` parser."""
-    world = Settings.from_env().world
+    world_help = "world (default: $DREAMCATCHER_WORLD or default)"
 
     p = sub.add_parser(
         "diff", help="what changed between two frames: added / changed (field by field) / removed"
     )
-    p.add_argument("--world", default=world, help="world (default: %(default)s)")
+    p.add_argument("--world", help=world_help)
     p.add_argument("frame_a", metavar="A", type=int, help="from the state after frame A")
     p.add_argument("frame_b", metavar="B", type=int, help="to the state after frame B")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_diff)
+    p.set_defaults(func=cmd_diff, world_from_env=True)
 
     p = sub.add_parser(
         "replay",
@@ -210,22 +209,22 @@ def register(sub: Any) -> None:
         description="Exit status 1 when --verify finds a divergence: the first divergent frame and "
         "entity are reported.",
     )
-    p.add_argument("--world", default=world, help="world (default: %(default)s)")
+    p.add_argument("--world", help=world_help)
     p.add_argument("--to", type=int, metavar="N", help="replay frames up to N (default: the last merged)")
     p.add_argument("--verify", action="store_true", help="compare with the recorded hashes and projection")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=cmd_replay, world_from_env=True)
 
     p = sub.add_parser(
         "export", help="write a snapshot of a world at frame N: one verified, compressed archive"
     )
-    p.add_argument("--world", default=world, help="world (default: %(default)s)")
+    p.add_argument("--world", help=world_help)
     p.add_argument(
         "--frame", type=int, required=True, metavar="N", help="the frame (every frame <= N merged)"
     )
     p.add_argument("file", metavar="FILE", type=Path, help="archive to write (a .tar.gz)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, world_from_env=True)
 
     p = sub.add_parser(
         "import",
@@ -242,10 +241,10 @@ def register(sub: Any) -> None:
         help="write a world's log as frame-N-<stream>.json files (the git layout); "
         "dreamcatcher ingest reads them back",
     )
-    p.add_argument("--world", default=world, help="world (default: %(default)s)")
+    p.add_argument("--world", help=world_help)
     p.add_argument(
         "directory", metavar="DIR", type=Path, help="directory to write (no *.json files in it yet)"
     )
     p.add_argument("--to", type=int, metavar="N", help="only the deltas of frames up to N")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_export_dir)
+    p.set_defaults(func=cmd_export_dir, world_from_env=True)

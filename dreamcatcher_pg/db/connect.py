@@ -31,6 +31,9 @@ ConnOrDsn = str | asyncpg.Connection
 #: Session settings of every connection opened here (callers add theirs).
 SESSION_DEFAULTS: Mapping[str, str] = {"TimeZone": "UTC"}
 
+#: The fence and the merger's claim need READ COMMITTED, whatever the database's default.
+READ_COMMITTED: Mapping[str, str] = {"default_transaction_isolation": "read committed"}
+
 #: PostgreSQL truncates application_name at 63 bytes; cut it on a character boundary.
 _NAME_BYTES = 63
 

@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from ..client import DeltaClient
+from ..db.connect import connect
 from ..errors import DreamcatcherError, map_db_error
 from ..merger import Merger, MergeResult
 from ..models import Receipt
@@ -211,10 +212,7 @@ SELECT (SELECT count(*) FROM dreamcatcher.posts WHERE world = $1) AS posts,
 
 
 async def _fetchrow(dsn: str, sql: str, *args: Any) -> asyncpg.Record:
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise map_db_error(exc) from exc
+    conn = await connect(dsn, application_name="dreamcatcher demo")
     try:
         row = await conn.fetchrow(sql, *args)
     except asyncpg.PostgresError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..db.connect import connect
 from ..db.queries import query
 from ..errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
 from ..merger import Merger
@@ -253,10 +254,7 @@ async def ingest_directory(
         for note in delta.notes:
             log.warning("%s: %s", delta.file, note)
             report.notes.append({"file": delta.file, "note": note})
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise map_db_error(exc) from exc
+    conn = await connect(dsn, application_name="dreamcatcher ingest")
     try:
         from ..rules.store import apply_directory_rules  # rules-from-frame-N.toml (export-dir)
 

@@ -47,6 +47,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..db.connect import connect
 from ..db.queries import query
 from ..errors import DRIVER_ERRORS
 
@@ -127,7 +128,13 @@ class DatabaseRefresher:
     async def refresh_once(self) -> None:
         """Read every world once; raises on a database error (the snapshot keeps its old values)."""
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.dsn, timeout=self.timeout, command_timeout=self.timeout)
+            self._conn = await connect(
+                self.dsn,
+                application_name="dreamcatcher metrics",
+                map_errors=False,
+                timeout=self.timeout,
+                command_timeout=self.timeout,
+            )
         for world in self.worlds:
             row = await self._conn.fetchrow(query("metrics_world"), world, self._merged_through.get(world))
             assert row is not None

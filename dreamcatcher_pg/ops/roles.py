@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from ..db.connect import connect
 from ..errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
 from .schema import _INIT_LOCK_KEY
 
@@ -110,10 +111,7 @@ async def create_roles(
 ) -> list[str]:
     """Create the worker, merger and reader roles and their grants; returns their names."""
     role_names(prefix)
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise map_db_error(exc) from exc
+    conn = await connect(dsn)
     try:
         names = await install_roles(conn, prefix, restrict_lock_functions=restrict_lock_functions)
     finally:

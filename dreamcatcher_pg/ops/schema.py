@@ -12,6 +12,8 @@ from importlib import resources
 
 import asyncpg
 
+from ..db.connect import connect
+
 #: The files, in the order they are applied.
 SCHEMA_FILES = ("schema.sql", "merge.sql", "rules.sql", "timetravel.sql", "views.sql")
 
@@ -45,7 +47,7 @@ async def apply_schema(conn: asyncpg.Connection) -> None:
 
 async def init_database(dsn: str) -> None:
     """Connect to ``dsn`` and apply the schema."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         await apply_schema(conn)
     finally:
