@@ -15,12 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..timetravel.gitdir import export_dir
 from ..timetravel.replay import Progress, ReplayReport, replay_verify
-from ..timetravel.snapshot import (
-    export_dir,
-    export_snapshot,
-    import_snapshot,
-)
+from ..timetravel.snapshot import export_snapshot, import_snapshot
 from ..timetravel.state import ABSENT, Diff, diff
 
 

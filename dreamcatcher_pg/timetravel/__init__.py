@@ -13,7 +13,8 @@ and never closes a connection it did not open):
   ``dreamcatcher ingest`` reads back.
 
 Modules: :mod:`.state` (state and diff), :mod:`.replay`, :mod:`.snapshot`
-(the archive), :mod:`.gitdir` (the git layout). The commands are in
+(export and import), :mod:`.archive` (the snapshot's format), :mod:`.gitdir`
+(the git layout). The commands are in
 :mod:`dreamcatcher_pg.cli.timetravel`.
 """
 
@@ -28,15 +29,10 @@ from ..errors import (
     UnknownWorldError,
     WorldNotEmptyError,
 )
+from .archive import check_archive
+from .gitdir import ExportDirReport, export_dir
 from .replay import Divergence, ReplayReport, replay_verify
-from .snapshot import (
-    ExportDirReport,
-    SnapshotReport,
-    check_archive,
-    export_dir,
-    export_snapshot,
-    import_snapshot,
-)
+from .snapshot import SnapshotReport, export_snapshot, import_snapshot
 from .state import Diff, EntityChange, EntityState, diff, state_at
 
 __all__ = [

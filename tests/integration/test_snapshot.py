@@ -56,7 +56,7 @@ from dreamcatcher_pg.timetravel import (
     import_snapshot,
     state_at,
 )
-from dreamcatcher_pg.timetravel.snapshot import MAX_LINE_BYTES, check_archive
+from dreamcatcher_pg.timetravel.archive import MAX_LINE_BYTES, check_archive
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
 ENVELOPE = ("frame", "stream_id", "utc")
