@@ -89,16 +89,9 @@ SELECT dreamcatcher.claim_next_frame($1, $2);
 SELECT dreamcatcher.merge_frame($1, $2)::text;
 
 -- name: world_status
+-- Each world's settings, unmerged keys and leader; its counts are world_counts.
 SELECT w.world, w.late_policy, w.expected_streams, extract(epoch FROM w.close_after)::float8 AS close_after,
        w.horizon,
-       (SELECT max(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'merged') AS last_merged,
-       (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'open') AS frames_open,
-       (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'closed') AS frames_closed,
-       (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'merged') AS frames_merged,
-       (SELECT min(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = w.world AND f.status = 'open') AS open_frame,
-       (SELECT coalesce(sum(l.attempts), 0)::bigint FROM dreamcatcher.late_log l WHERE l.world = w.world) AS late_attempts,
-       (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = w.world AND l.policy = 'defer') AS late_deferred,
-       (SELECT count(*) FROM dreamcatcher.quarantine_log q WHERE q.world = w.world) AS quarantined,
        (SELECT coalesce(jsonb_object_agg(k.key, k.n), '{}'::jsonb)::text
           FROM (SELECT kv.key, sum(kv.value::bigint) AS n
                 FROM dreamcatcher.frame_log f CROSS JOIN LATERAL jsonb_each_text(f.stats -> 'unmerged_keys') kv

@@ -4,8 +4,26 @@
 -- never the whole log: they run every second under `status --watch` and on
 -- every metrics refresh.
 
+-- name: world_counts
+-- $1 world. What both `dreamcatcher status` and the metrics count: frames by
+-- status, the last merged and the lowest open frame, late attempts (and late
+-- deltas deferred), quarantined items, and the merge lag (age of the oldest
+-- closed frame waiting for the merger, 0 when none).
+SELECT
+    (SELECT max(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'merged') AS last_merged,
+    (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'open') AS frames_open,
+    (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'closed') AS frames_closed,
+    (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'merged') AS frames_merged,
+    (SELECT min(f.frame) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'open') AS open_frame,
+    (SELECT coalesce(sum(l.attempts), 0)::bigint FROM dreamcatcher.late_log l WHERE l.world = $1) AS late_attempts,
+    (SELECT count(*) FROM dreamcatcher.late_log l WHERE l.world = $1 AND l.policy = 'defer') AS late_deferred,
+    (SELECT count(*) FROM dreamcatcher.quarantine_log q WHERE q.world = $1) AS quarantined,
+    (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(f.closed_at))::float8, 0)
+       FROM dreamcatcher.frame_log f
+      WHERE f.world = $1 AND f.status = 'closed') AS merge_lag_seconds;
+
 -- name: status_world_details
--- $1 world. The last merged frame, the merge lag, the recent frames, and who
+-- $1 world. The last merged frame, the recent frames, and who
 -- holds the leader lock right now.
 SELECT
     (SELECT jsonb_build_object(
@@ -15,9 +33,6 @@ SELECT
        FROM dreamcatcher.frame_log f
       WHERE f.world = $1 AND f.status = 'merged'
       ORDER BY f.frame DESC LIMIT 1)::text AS last_merged_frame,
-    (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(f.closed_at))::float8, 0)
-       FROM dreamcatcher.frame_log f
-      WHERE f.world = $1 AND f.status = 'closed') AS merge_lag_seconds,
     (SELECT coalesce(jsonb_agg(r ORDER BY r.frame DESC), '[]'::jsonb)
        FROM (SELECT f.frame, f.status, f.delta_count, f.close_reason
                FROM dreamcatcher.frames f
@@ -48,12 +63,5 @@ SELECT
       WHERE d.world = $1 AND d.late
         AND NOT EXISTS (SELECT 1 FROM dreamcatcher.deferred_log x
                          WHERE x.world = d.world AND x.frame = d.frame
-                           AND x.stream_id = d.stream_id AND x.utc = d.utc)) AS deferred_waiting,
-    (SELECT coalesce(sum(l.attempts), 0)::bigint FROM dreamcatcher.late_log l WHERE l.world = $1) AS late_attempts,
-    (SELECT count(*) FROM dreamcatcher.quarantine_log q WHERE q.world = $1) AS quarantined,
-    (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'open') AS frames_open,
-    (SELECT count(*) FROM dreamcatcher.frame_log f WHERE f.world = $1 AND f.status = 'closed') AS frames_closed,
-    (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(f.closed_at))::float8, 0)
-       FROM dreamcatcher.frame_log f
-      WHERE f.world = $1 AND f.status = 'closed') AS merge_lag_seconds
+                           AND x.stream_id = d.stream_id AND x.utc = d.utc)) AS deferred_waiting
 FROM merged m, bound b;

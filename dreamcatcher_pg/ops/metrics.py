@@ -50,6 +50,7 @@ from prometheus_client.registry import Collector
 from ..db.connect import connect
 from ..db.queries import query
 from ..errors import DRIVER_ERRORS
+from .status import world_counts
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +139,16 @@ class DatabaseRefresher:
         for world in self.worlds:
             row = await self._conn.fetchrow(query("metrics_world"), world, self._merged_through.get(world))
             assert row is not None
+            shared = await world_counts(self._conn, world)
             holders = await self._conn.fetch(query("stuck_writers"), world)
             merged = self._merged_deltas.get(world, 0) + int(row["merged_deltas"])
             counts = WorldCounts(
                 deltas_ingested=merged + int(row["unmerged_deltas"]) + int(row["deferred_waiting"]),
-                late_attempts=int(row["late_attempts"]),
-                quarantined=int(row["quarantined"]),
-                frames_open=int(row["frames_open"]),
-                merge_lag_frames=int(row["frames_closed"]),
-                merge_lag_seconds=float(row["merge_lag_seconds"]),
+                late_attempts=int(shared["late_attempts"]),
+                quarantined=int(shared["quarantined"]),
+                frames_open=int(shared["frames_open"]),
+                merge_lag_frames=int(shared["frames_closed"]),
+                merge_lag_seconds=float(shared["merge_lag_seconds"]),
                 idle_fence_holders=tuple(
                     (int(h["pid"]), str(h["application_name"] or h["usename"] or ""), float(h["idle_for"]))
                     for h in holders

@@ -51,7 +51,10 @@ async def collect_status(
     try:
         worlds = []
         for row in await conn.fetch(query("world_status"), world):
-            doc = dict(row)
+            counts = dict(await world_counts(conn, row["world"]))
+            lag_seconds = counts.pop("merge_lag_seconds")
+            settings = ("world", "late_policy", "expected_streams", "close_after", "horizon")
+            doc = {k: row[k] for k in settings} | counts | {k: v for k, v in row.items() if k not in settings}
             doc["unmerged_keys"] = orjson.loads(doc["unmerged_keys"])
             doc["merge_lag_frames"] = doc["frames_closed"]
             doc["streams_in_open_frame"] = []
@@ -70,7 +73,7 @@ async def collect_status(
             assert details is not None
             last = details["last_merged_frame"]
             doc["last_merged_frame"] = orjson.loads(last) if last is not None else None
-            doc["merge_lag_seconds"] = details["merge_lag_seconds"]
+            doc["merge_lag_seconds"] = lag_seconds
             doc["recent_frames"] = orjson.loads(details["recent_frames"])
             holder_pid = details["leader_lock_pid"]
             doc["leader_lock_pid"] = holder_pid
@@ -81,6 +84,15 @@ async def collect_status(
         return worlds
     finally:
         await conn.close()
+
+
+async def world_counts(conn: asyncpg.Connection, world: str) -> asyncpg.Record:
+    """What ``status`` and the metrics both count for ``world`` (the ``world_counts`` query):
+    ``last_merged``, ``frames_open`` / ``frames_closed`` / ``frames_merged``, ``open_frame``,
+    ``late_attempts``, ``late_deferred``, ``quarantined``, ``merge_lag_seconds``."""
+    row = await conn.fetchrow(query("world_counts"), world)
+    assert row is not None
+    return row
 
 
 def fence_holder(row: asyncpg.Record) -> dict[str, Any]:
