@@ -63,8 +63,8 @@ from dreamcatcher_pg import (
     Merger,
     configure_world,
 )
-from dreamcatcher_pg.models import batch_bounds
 from dreamcatcher_pg.ops.schema import init_database
+from dreamcatcher_pg.validation import batch_bounds
 
 #: Writer clocks start here (fixed, so a run can be replayed with the same keys).
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

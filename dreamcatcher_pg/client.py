@@ -38,8 +38,9 @@ from .errors import (
     InvalidDeltaError,
     map_db_error,
 )
-from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
+from .models import ACCEPTED, CopyMode, InsertStatus, PreparedDelta, Receipt, WorldConfig, prepare_delta
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, env_max_payload_bytes
+from .validation import check_batch_limits, check_frame, validate_identity
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +208,14 @@ class DeltaClient:
 
     def _receipt(self, delta: PreparedDelta, status: str) -> Receipt:
         key = (self.world, delta.frame, self.stream_id, delta.utc)
-        if status in ("stored", "duplicate", "deferred"):
-            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, cast(Any, status))
-        if status == "conflict":
+        if status in ACCEPTED:
+            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, InsertStatus(status))
+        if status == InsertStatus.CONFLICT:
             raise DeltaConflictError(
                 f"a different delta is already stored under {key!r}; deltas are never overwritten",
                 key=key,
             )
-        if status == "late":
+        if status == InsertStatus.LATE:
             raise FrameClosedError(
                 f"frame {delta.frame} of world {self.world!r} is closed; the delta from "
                 f"{self.stream_id!r} was refused (the attempt is recorded in dreamcatcher.late_attempts)",
@@ -278,9 +279,10 @@ class DeltaClient:
                 [d.utc for d, _ in prepared],
                 [t for _, t in prepared],
             )
-        if len(statuses) == len(prepared) and all(s == "stored" for s in statuses):  # the common case
+        stored = InsertStatus.STORED
+        if len(statuses) == len(prepared) and all(s == stored for s in statuses):  # the common case
             world = self.world
-            return [Receipt(world, d.frame, stream_id, d.utc, "stored") for d, _ in prepared]
+            return [Receipt(world, d.frame, stream_id, d.utc, stored) for d, _ in prepared]
         receipts: list[Receipt] = []
         first_error: DreamcatcherError | None = None
         for (delta, _), status in zip(prepared, statuses, strict=True):
@@ -307,7 +309,7 @@ class DeltaClient:
         try:
             async with self._session() as conn, conn.transaction(isolation="read_committed"):
                 mode = await conn.fetchval(query("copy_begin"), self.world, self.stream_id, list(set(frames)))
-                if mode == "copy":
+                if mode == CopyMode.COPY:
                     world, stream = self.world, self.stream_id
                     await conn.copy_records_to_table(
                         "delta_log",
@@ -315,14 +317,14 @@ class DeltaClient:
                         columns=COPY_COLUMNS,
                         records=[(world, d.frame, stream, d.utc, text) for d, text in prepared],
                     )
-                    return ["stored"] * len(prepared)
-                if mode == "exact":  # a frame is closed or late: the fence is held, ask the reference
+                    return [InsertStatus.STORED] * len(prepared)
+                if mode == CopyMode.EXACT:  # a frame is closed or late: the fence is held, ask the reference
                     utcs, texts = [d.utc for d, _ in prepared], [t for _, t in prepared]
                     statuses = await conn.fetchval(
                         query("append_deltas"), self.world, self.stream_id, frames, utcs, texts
                     )
                     return cast(list[str], statuses)
-                self._copy_ok = False  # 'denied': this role appends through append_deltas only
+                self._copy_ok = False  # CopyMode.DENIED: this role appends through append_deltas only
                 return None
         except (asyncpg.UniqueViolationError, asyncpg.SerializationError):
             # a retry, or a key repeated in the batch; or a merge passed a frame this batch was
@@ -370,7 +372,7 @@ class DeltaClient:
         close_after: float | timedelta | None = None,
         max_frame_ahead: int | None = None,
         idle_writer_timeout: float | timedelta | None = None,
-    ) -> dict[str, Any]:
+    ) -> WorldConfig:
         """Configure this world (None keeps a setting): see :func:`configure_world`."""
         async with self._session() as conn:
             return await configure_world(
@@ -452,7 +454,7 @@ async def configure_world(
     close_after: float | timedelta | None = None,
     max_frame_ahead: int | None = None,
     idle_writer_timeout: float | timedelta | None = None,
-) -> dict[str, Any]:
+) -> WorldConfig:
     """Create or update a world's configuration; None leaves a setting as it is.
 
     ``max_frame_ahead``: a new frame more than this many frames above the last merged one is
@@ -474,7 +476,7 @@ async def configure_world(
     except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
     assert row is not None
-    return dict(row)
+    return WorldConfig(**{**dict(row), "expected_streams": list(row["expected_streams"] or [])})
 
 
 def _interval(value: float | timedelta | None, field: str) -> timedelta | None:

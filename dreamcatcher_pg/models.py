@@ -1,32 +1,20 @@
-"""Validation at the edge: the shape of a delta, and what an insert returns.
+"""The data: a delta, what an insert returns, and a delta ready to send.
 
-A delta is validated before it reaches PostgreSQL, so a bad one gets an
-:class:`~dreamcatcher_pg.errors.InvalidDeltaError` that names the field, and
-nothing is written.
+The checks they pass are :mod:`dreamcatcher_pg.validation`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from enum import StrEnum
+from typing import Annotated, Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import InvalidDeltaError
-
-#: The largest frame number: 2^53 - 1, exact in every JSON reader (the database refuses more).
-MAX_FRAME = 2**53 - 1
-#: The most deltas, and distinct frames, one batch may hold (each frame holds a lock until COMMIT;
-#: the database refuses more: dreamcatcher.max_batch_deltas / max_batch_frames).
-MAX_BATCH_DELTAS = 10_000
-MAX_BATCH_FRAMES = 32
-#: Deeper payloads are refused (PostgreSQL and orjson have limits near 250).
-MAX_DEPTH = 64
-
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+from .validation import MAX_FRAME, check_json, first_error, is_plain_json, now_utc, to_utc
 
 
 class Delta(BaseModel):
@@ -41,21 +29,7 @@ class Delta(BaseModel):
     @field_validator("utc")
     @classmethod
     def _utc_aware(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _to_utc(value)
-
-
-def _to_utc(value: datetime) -> datetime:
-    """``value`` in UTC (a naive time is taken as UTC); ValueError for a time no delta has."""
-    if value.tzinfo is None:  # a naive time is taken as UTC
-        value = value.replace(tzinfo=UTC)
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("the time is outside the calendar once converted to UTC") from None
-    if value.replace(tzinfo=None) in (datetime.min, datetime.max):
-        # asyncpg sends these as -infinity / infinity: not a time a delta was written at
-        raise ValueError("datetime.min and datetime.max are not times a delta can be written at")
-    return value
+        return None if value is None else to_utc(value)
 
 
 class PreparedDelta(NamedTuple):
@@ -66,14 +40,26 @@ class PreparedDelta(NamedTuple):
     payload: dict[str, Any]
 
 
-class Identity(BaseModel):
-    """Who writes: the world and the stream."""
+class InsertStatus(StrEnum):
+    """What the log answers for one delta (``append_delta`` / ``append_deltas``)."""
 
-    world: Name
-    stream_id: Name
+    STORED = "stored"  # new
+    DUPLICATE = "duplicate"  # an identical delta was already stored: a retry, nothing written
+    DEFERRED = "deferred"  # late, accepted under the world's ``defer`` policy
+    CONFLICT = "conflict"  # same key, other payload: refused (DeltaConflictError)
+    LATE = "late"  # the frame is closed, policy ``reject``: refused (FrameClosedError)
 
 
-Status = Literal["stored", "duplicate", "deferred"]
+#: The statuses of an accepted insert (a :class:`Receipt`); the others raise.
+ACCEPTED = frozenset({InsertStatus.STORED, InsertStatus.DUPLICATE, InsertStatus.DEFERRED})
+
+
+class CopyMode(StrEnum):
+    """How ``copy_begin`` lets a batch in."""
+
+    COPY = "copy"  # every frame is open: COPY the rows straight into the log
+    EXACT = "exact"  # a frame is closed or late: ask append_deltas, the reference, per delta
+    DENIED = "denied"  # this role may not COPY: always append_deltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,135 +75,25 @@ class Receipt:
     frame: int
     stream_id: str
     utc: datetime
-    status: Status
+    status: InsertStatus
 
 
-def now_utc() -> datetime:
-    """The writer's clock, in UTC, to the microsecond."""
-    return datetime.now(UTC)
+@dataclass(frozen=True, slots=True)
+class WorldConfig:
+    """A world's settings, as :func:`~dreamcatcher_pg.configure_world` leaves them."""
+
+    world: str
+    expected_streams: list[str]
+    late_policy: str  # "reject" or "defer"
+    close_after: float  # seconds
+    max_frame_ahead: int
+    idle_writer_timeout: float  # seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _check_json(value: Any, path: str, depth: int) -> None:
-    """Refuse what JSON or jsonb cannot hold faithfully (NaN, NUL, non-string keys, deep nests)."""
-    if depth > MAX_DEPTH:
-        raise InvalidDeltaError(f"{path}: nested deeper than {MAX_DEPTH} levels", field=path)
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidDeltaError(f"{path}: text contains a NUL character", field=path)
-    elif isinstance(value, bool) or value is None:
-        return
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidDeltaError(f"{path}: {value!r} is not a JSON number", field=path)
-    elif isinstance(value, int):
-        return
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidDeltaError(f"{path}: key {key!r} is not a string", field=path)
-            if "\x00" in key:
-                raise InvalidDeltaError(f"{path}: a key contains a NUL character", field=path)
-            _check_json(item, f"{path}.{key}", depth + 1)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
-    else:
-        raise InvalidDeltaError(f"{path}: {type(value).__name__} is not JSON", field=path)
-
-
-def check_frame(frame: Any, field: str = "frame") -> int:
-    """A frame number as the database takes it: an int (not a bool) in 0..2^63-1."""
-    if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame <= MAX_FRAME:
-        raise InvalidDeltaError(f"{field} must be an integer in 0..{MAX_FRAME}, not {frame!r}", field=field)
-    return frame
-
-
-def check_batch_limits(frames: list[int]) -> None:
-    """Refuse a batch the database would refuse: too many deltas, or too many distinct frames."""
-    if len(frames) > MAX_BATCH_DELTAS:
-        raise InvalidDeltaError(
-            f"a batch holds {len(frames)} deltas, over the limit of {MAX_BATCH_DELTAS}: split it",
-            field="deltas",
-        )
-    spanned = len(set(frames))
-    if spanned > MAX_BATCH_FRAMES:
-        raise InvalidDeltaError(
-            f"a batch spans {spanned} frames, over the limit of {MAX_BATCH_FRAMES}: split it by frame",
-            field="deltas",
-        )
-
-
-def batch_bounds(frames: list[int], size: int = MAX_BATCH_DELTAS) -> list[tuple[int, int]]:
-    """Split a batch, in its order, into ``(start, end)`` slices that each hold at most ``size``
-    deltas and span at most :data:`MAX_BATCH_FRAMES` frames (one call of ``insert_deltas`` each)."""
-    size = max(1, min(size, MAX_BATCH_DELTAS))
-    bounds: list[tuple[int, int]] = []
-    start, spanned = 0, set[int]()
-    for index, frame in enumerate(frames):
-        if index - start >= size or (frame not in spanned and len(spanned) >= MAX_BATCH_FRAMES):
-            bounds.append((start, index))
-            start, spanned = index, set()
-        spanned.add(frame)
-    if start < len(frames):
-        bounds.append((start, len(frames)))
-    return bounds
-
-
-def _first_error(exc: ValidationError) -> InvalidDeltaError:
-    err = exc.errors()[0]
-    field = ".".join(str(part) for part in err["loc"]) or None
-    return InvalidDeltaError(f"invalid delta: {field}: {err['msg']}", field=field)
-
-
-def validate_identity(world: Any, stream_id: Any) -> Identity:
-    try:
-        return Identity(world=world, stream_id=stream_id)
-    except ValidationError as exc:
-        raise _first_error(exc) from None
-
-
-#: Values the fast path takes as they are (exact types: a subclass takes the checked path).
-_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
-
-
-def _plain_json(value: dict[Any, Any] | list[Any], depth: int) -> bool:
-    """True when ``value`` (at ``depth``) holds only exact dicts with str keys, lists, str, int,
-    bool, None and finite floats, nested at most MAX_DEPTH deep. False means "not sure": the
-    caller then runs the detailed check (:func:`_check_json`), which decides and names the field.
-    NUL characters are not looked for here: the caller finds them in the JSON text."""
-    if depth >= MAX_DEPTH and (depth > MAX_DEPTH or value):
-        return False  # (the children of a non-empty container at MAX_DEPTH would be too deep)
-    if type(value) is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                return False
-            kind = type(item)
-            if kind in _PLAIN_SCALARS:
-                continue
-            if kind is float:
-                if item - item != 0.0:  # NaN or an infinity
-                    return False
-            elif kind is dict or kind is list:
-                if not _plain_json(item, depth + 1):
-                    return False
-            else:
-                return False
-        return True
-    # The same loop for a list, spelt out: this is the hot path of every insert (one loop over
-    # dict.values() after an all() over the keys measured 20 % slower per delta).
-    for item in value:
-        kind = type(item)
-        if kind in _PLAIN_SCALARS:
-            continue
-        if kind is float:
-            if item - item != 0.0:
-                return False
-        elif kind is dict or kind is list:
-            if not _plain_json(item, depth + 1):
-                return False
-        else:
-            return False
-    return True
+# -- a delta, checked and ready to send ----------------------------------------------------
 
 
 def _check_payload_fields(payload: dict[str, Any], frame: int, stream_id: str) -> None:
@@ -258,10 +134,10 @@ def _prepare_plain(
         return None
     elif not (utc.tzinfo is UTC and 1 < utc.year < 9999):  # (else it is in UTC, not min nor max)
         try:
-            utc = _to_utc(utc)
+            utc = to_utc(utc)
         except ValueError:
             return None
-    if not _plain_json(payload, 1):
+    if not is_plain_json(payload, 1):
         return None
     try:
         raw = orjson.dumps(payload)
@@ -296,8 +172,8 @@ def _prepare_checked(
     try:
         delta = Delta(frame=frame, payload=payload, utc=utc)
     except ValidationError as exc:
-        raise _first_error(exc) from None
-    _check_json(delta.payload, "payload", 1)
+        raise first_error(exc) from None
+    check_json(delta.payload)
     _check_payload_fields(delta.payload, delta.frame, stream_id)
     try:
         raw = orjson.dumps(delta.payload)

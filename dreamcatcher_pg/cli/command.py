@@ -133,8 +133,9 @@ def cmd_dsn(args: argparse.Namespace, dsn: str) -> int:
 def cmd_world(args: argparse.Namespace, dsn: str) -> int:
     from ..client import configure_world
     from ..db.connect import connect
+    from ..models import WorldConfig
 
-    async def run() -> dict[str, Any]:
+    async def run() -> WorldConfig:
         conn = await connect(dsn)
         try:
             expected = None
@@ -152,8 +153,8 @@ def cmd_world(args: argparse.Namespace, dsn: str) -> int:
         finally:
             await conn.close()
 
-    row = asyncio.run(run())
-    print(json.dumps(row, default=str))
+    config = asyncio.run(run())
+    print(json.dumps(config.to_dict(), default=str))
     return 0
 
 

@@ -4,6 +4,7 @@
 closes and merges, :mod:`.report` is what one run did.
 """
 
+from ..validation import parse_timestamp
 from .load import ingest_directory, read_directory
 from .parse import (
     FALLBACK_UTC,
@@ -13,7 +14,6 @@ from .parse import (
     Unreadable,
     parse_delta_file,
     parse_file_name,
-    parse_timestamp,
 )
 from .report import IngestReport
 

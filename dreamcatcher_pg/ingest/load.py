@@ -23,8 +23,8 @@ from ..db.connect import connect
 from ..db.queries import query
 from ..errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
 from ..merger import Merger
-from ..models import batch_bounds, validate_identity
 from ..settings import DEFAULT_MAX_PAYLOAD_BYTES
+from ..validation import batch_bounds, validate_identity
 from .parse import ParsedDelta, Unreadable, parse_delta_file, parse_file_name
 from .report import IngestReport
 

@@ -45,8 +45,8 @@ from typing import Any
 
 import orjson
 
-from ..models import MAX_DEPTH, MAX_FRAME
 from ..settings import DEFAULT_MAX_PAYLOAD_BYTES
+from ..validation import MAX_DEPTH, MAX_FRAME, json_problem, name_problem, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ FALLBACK_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 UTC_SOURCES = ("utc", "_meta.timestamp", "completed_at")
 #: How much of an unreadable file's text goes into its quarantine row.
 PREVIEW_CHARS = 1000
-MAX_STREAM_LEN = 200
 
 _FILE_NAME = re.compile(r"frame-([0-9]+)-(.+)\.json", re.IGNORECASE | re.DOTALL)
 _DIGITS = re.compile(r"[0-9]+")
@@ -104,20 +103,6 @@ def parse_file_name(name: str) -> tuple[int | None, str | None]:
     return (frame if frame <= MAX_FRAME else None), (stream if _stream_problem(stream) is None else None)
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    """An ISO 8601 string as an aware UTC datetime (naive means UTC); None if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
-    if parsed.replace(tzinfo=None) in (datetime.min, datetime.max):
-        return None  # the driver would send -infinity / infinity: not a time a delta was written at
-    return parsed
-
-
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -150,35 +135,23 @@ def _read_frame(value: Any) -> int | str:
 def _stream_problem(stream: str) -> str | None:
     if not stream.strip():
         return "stream_id is empty"
-    if len(stream) > MAX_STREAM_LEN:
-        return f"stream_id is {len(stream)} characters long (the limit is {MAX_STREAM_LEN})"
-    if "\x00" in stream:
-        return "stream_id contains a NUL character"
-    try:
-        stream.encode("utf-8")
-    except UnicodeEncodeError:
-        return "stream_id is not valid Unicode"
-    return None
+    return name_problem(stream, "stream_id")
+
+
+#: How a document's JSON problem reads in the quarantine (a parsed document has only these two).
+_JSON_REASONS = {
+    "too_deep": ("too_deep", f"the document is nested deeper than {MAX_DEPTH} levels"),
+    "nul_text": ("nul", "the document contains a NUL character (\\u0000), which jsonb cannot store"),
+    "nul_key": ("nul", "a key contains a NUL character (\\u0000), which jsonb cannot store"),
+}
 
 
 def _json_problem(doc: dict[str, Any]) -> tuple[str, str] | None:
     """What PostgreSQL jsonb cannot hold: U+0000 (``\\u0000`` escapes) and very deep nesting."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return "too_deep", f"the document is nested deeper than {MAX_DEPTH} levels"
-        if isinstance(value, str):
-            if "\x00" in value:
-                return "nul", "the document contains a NUL character (\\u0000), which jsonb cannot store"
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if "\x00" in key:
-                    return "nul", "a key contains a NUL character (\\u0000), which jsonb cannot store"
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-    return None
+    problem = json_problem(doc, "document")
+    if problem is None:
+        return None
+    return _JSON_REASONS.get(problem.code, ("not_json", problem.message()))
 
 
 def _json_kind(value: Any) -> str:

@@ -40,7 +40,7 @@ from ..errors import (
     SnapshotCorruptError,
     SnapshotFormatError,
 )
-from ..models import MAX_FRAME
+from ..validation import MAX_FRAME, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ _CONFIG_CHECKS: dict[str, Callable[[Any], bool]] = {
 
 
 def _is_name(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value
+    return isinstance(value, str) and name_problem(value) is None
 
 
 def _is_number(value: Any) -> bool:

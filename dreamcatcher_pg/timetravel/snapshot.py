@@ -32,7 +32,7 @@ from ..errors import (
     SnapshotVerificationError,
     WorldNotEmptyError,
 )
-from ..models import validate_identity
+from ..validation import validate_identity
 from .archive import (
     BATCH,
     DAMAGE,

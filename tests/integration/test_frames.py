@@ -100,7 +100,7 @@ async def test_expected_streams_close_the_frame(dreamcatcher_dsn: str) -> None:
         DeltaClient.connect(dsn, stream_id="s2", world=WORLD) as s2,
     ):
         config = await s1.configure_world(expected_streams=["s1", "s2"])
-        assert config["expected_streams"] == ["s1", "s2"]
+        assert config.expected_streams == ["s1", "s2"]
         async with running_merger(dsn):
             await s1.insert_delta(1, {"posts_created": [1]})
             assert await s1.frame_status(1) == "open"  # s2 has not written yet
@@ -126,14 +126,14 @@ async def test_configure_world_round_trips_its_settings(dreamcatcher_dsn: str) -
     dsn = dreamcatcher_dsn
     async with DeltaClient.connect(dsn, stream_id="s1", world=WORLD) as dc:
         config = await dc.configure_world(expected_streams=["s1", "s2"], late_policy="defer", close_after=1.5)
-        assert (config["expected_streams"], config["late_policy"], config["close_after"]) == (
+        assert (config.expected_streams, config.late_policy, config.close_after) == (
             ["s1", "s2"],
             "defer",
             1.5,
         )
         config = await dc.configure_world(close_after=timedelta(seconds=2))
         # None keeps a setting as it is
-        assert (config["expected_streams"], config["late_policy"], config["close_after"]) == (
+        assert (config.expected_streams, config.late_policy, config.close_after) == (
             ["s1", "s2"],
             "defer",
             2.0,

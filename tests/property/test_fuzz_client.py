@@ -31,7 +31,7 @@ from dreamcatcher_pg import (
     InvalidDeltaError,
     Receipt,
 )
-from dreamcatcher_pg.models import MAX_DEPTH, MAX_FRAME
+from dreamcatcher_pg.validation import MAX_DEPTH, MAX_FRAME
 
 #: The client's size limit in these tests (``DeltaClient.connect(max_payload_bytes=...)``).
 LIMIT = 4096

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from dreamcatcher_pg.client import configure_world
 from dreamcatcher_pg.ingest import IngestReport, ingest_directory
-from dreamcatcher_pg.models import MAX_FRAME
+from dreamcatcher_pg.validation import MAX_FRAME
 
 #: The size limit of these tests (``ingest_directory(max_bytes=...)``).
 LIMIT = 4096

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dreamcatcher_pg.client import configure_world
-from dreamcatcher_pg.models import MAX_FRAME
+from dreamcatcher_pg.validation import MAX_FRAME
 
 #: What the database may answer instead of accepting: out of range (frame, utc), a check of the
 #: log (size, depth, range), a frame too far ahead, a batch too large, text jsonb cannot hold

@@ -21,7 +21,7 @@ from dreamcatcher_pg.ingest import (
     parse_timestamp,
     read_directory,
 )
-from dreamcatcher_pg.models import MAX_FRAME
+from dreamcatcher_pg.validation import MAX_FRAME
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
 

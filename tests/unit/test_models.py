@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from dreamcatcher_pg import DeltaClient, DreamcatcherError, InvalidDeltaError
-from dreamcatcher_pg.models import MAX_DEPTH, MAX_FRAME, Delta, prepare_delta, validate_identity
+from dreamcatcher_pg.models import Delta, prepare_delta
+from dreamcatcher_pg.validation import MAX_DEPTH, MAX_FRAME, validate_identity
 
 LIMIT = 10_000
 

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dreamcatcher_pg import InvalidDeltaError
-from dreamcatcher_pg.models import MAX_DEPTH, MAX_FRAME, _prepare_checked, _prepare_plain, prepare_delta
+from dreamcatcher_pg.models import _prepare_checked, _prepare_plain, prepare_delta
+from dreamcatcher_pg.validation import MAX_DEPTH, MAX_FRAME
 
 STREAM = "stream-1"
 LIMIT = 2_000
