@@ -19,10 +19,10 @@ from .errors import (
     FrameClosedError,
     InvalidDeltaError,
 )
-from .models import Receipt
+from .models import MergeResult, Receipt
 
 if TYPE_CHECKING:
-    from .merger import Merger, MergeResult
+    from .merger import Merger
 
 __all__ = [
     "AppendOnlyViolation",
@@ -43,9 +43,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``Merger`` and ``MergeResult`` on first use: a worker importing the package never loads
-    the merge loop."""
-    if name in ("Merger", "MergeResult"):
+    """``Merger`` on first use: a worker importing the package never loads the merge loop."""
+    if name == "Merger":
         from . import merger
 
         return getattr(merger, name)

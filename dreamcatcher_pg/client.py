@@ -26,27 +26,28 @@ from typing import Any, cast
 
 import asyncpg
 
+from .append import copy_batch, receipt
 from .db.connect import READ_COMMITTED, connect, create_pool, listen
 from .db.connect import session_settings as connection_settings
 from .db.queries import query
 from .errors import (
     DRIVER_ERRORS,
     ConnectionLostError,
-    DeltaConflictError,
     DreamcatcherError,
     FrameClosedError,
     InvalidDeltaError,
     map_db_error,
 )
-from .models import ACCEPTED, CopyMode, InsertStatus, PreparedDelta, Receipt, WorldConfig, prepare_delta
+from .models import CopyMode, InsertStatus, PreparedDelta, Receipt, WorldConfig, prepare_delta
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, env_max_payload_bytes
 from .validation import check_batch_limits, check_frame, validate_identity
+from .worlds import configure_world
+
+__all__ = ["DeltaClient", "configure_world", "session_settings"]
 
 log = logging.getLogger(__name__)
 
 MERGED_CHANNEL = "dreamcatcher_merged"
-#: The columns a batch COPYs into dreamcatcher.delta_log (the others take their defaults).
-COPY_COLUMNS = ("world", "frame", "stream_id", "utc", "payload")
 #: The keys of an item of insert_deltas.
 _ITEM_KEYS = frozenset({"frame", "payload", "utc"})
 
@@ -207,23 +208,7 @@ class DeltaClient:
     # -- writing --
 
     def _receipt(self, delta: PreparedDelta, status: str) -> Receipt:
-        key = (self.world, delta.frame, self.stream_id, delta.utc)
-        if status in ACCEPTED:
-            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, InsertStatus(status))
-        if status == InsertStatus.CONFLICT:
-            raise DeltaConflictError(
-                f"a different delta is already stored under {key!r}; deltas are never overwritten",
-                key=key,
-            )
-        if status == InsertStatus.LATE:
-            raise FrameClosedError(
-                f"frame {delta.frame} of world {self.world!r} is closed; the delta from "
-                f"{self.stream_id!r} was refused (the attempt is recorded in dreamcatcher.late_attempts)",
-                world=self.world,
-                frame=delta.frame,
-                stream_id=self.stream_id,
-            )
-        raise DreamcatcherError(f"unexpected insert status {status!r} for {key!r}")
+        return receipt(self.world, self.stream_id, delta, status)
 
     async def insert_delta(self, frame: int, payload: Mapping[str, Any], utc: Any = None) -> Receipt:
         """Append one delta. ``utc`` (the writer's clock) defaults to now.
@@ -305,27 +290,13 @@ class DeltaClient:
         log, a lost connection) returns None or the statuses of append_deltas, whose answers
         are the reference: the COPY path only ever answers "stored" for every row.
         """
-        frames = [d.frame for d, _ in prepared]
         try:
-            async with self._session() as conn, conn.transaction(isolation="read_committed"):
-                mode = await conn.fetchval(query("copy_begin"), self.world, self.stream_id, list(set(frames)))
-                if mode == CopyMode.COPY:
-                    world, stream = self.world, self.stream_id
-                    await conn.copy_records_to_table(
-                        "delta_log",
-                        schema_name="dreamcatcher",
-                        columns=COPY_COLUMNS,
-                        records=[(world, d.frame, stream, d.utc, text) for d, text in prepared],
-                    )
-                    return [InsertStatus.STORED] * len(prepared)
-                if mode == CopyMode.EXACT:  # a frame is closed or late: the fence is held, ask the reference
-                    utcs, texts = [d.utc for d, _ in prepared], [t for _, t in prepared]
-                    statuses = await conn.fetchval(
-                        query("append_deltas"), self.world, self.stream_id, frames, utcs, texts
-                    )
-                    return cast(list[str], statuses)
-                self._copy_ok = False  # CopyMode.DENIED: this role appends through append_deltas only
+            async with self._session() as conn:
+                answer = await copy_batch(conn, self.world, self.stream_id, prepared)
+            if isinstance(answer, CopyMode):  # DENIED: this role appends through append_deltas only
+                self._copy_ok = False
                 return None
+            return answer
         except (asyncpg.UniqueViolationError, asyncpg.SerializationError):
             # a retry, or a key repeated in the batch; or a merge passed a frame this batch was
             # making while it ran (refused at COMMIT): append_deltas sorts it out
@@ -443,47 +414,3 @@ class DeltaClient:
                 wait = min(wait, remaining)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), wait)
-
-
-async def configure_world(
-    executor: asyncpg.Pool | asyncpg.Connection,
-    world: str,
-    *,
-    expected_streams: list[str] | None = None,
-    late_policy: str | None = None,
-    close_after: float | timedelta | None = None,
-    max_frame_ahead: int | None = None,
-    idle_writer_timeout: float | timedelta | None = None,
-) -> WorldConfig:
-    """Create or update a world's configuration; None leaves a setting as it is.
-
-    ``max_frame_ahead``: a new frame more than this many frames above the last merged one is
-    refused (default 10,000,000). ``idle_writer_timeout``: the merger ends a session that holds
-    one of the world's fences while idle this long (seconds, default 30).
-    """
-    if late_policy is not None and late_policy not in ("reject", "defer"):
-        raise InvalidDeltaError("late_policy must be 'reject' or 'defer'", field="late_policy")
-    if max_frame_ahead is not None:
-        check_frame(max_frame_ahead, "max_frame_ahead")
-        if max_frame_ahead < 1:
-            raise InvalidDeltaError("max_frame_ahead must be at least 1", field="max_frame_ahead")
-    interval = _interval(close_after, "close_after")
-    idle = _interval(idle_writer_timeout, "idle_writer_timeout")
-    try:
-        row = await executor.fetchrow(
-            query("configure_world"), world, expected_streams, late_policy, interval, max_frame_ahead, idle
-        )
-    except DRIVER_ERRORS as exc:
-        raise map_db_error(exc) from exc
-    assert row is not None
-    return WorldConfig(**{**dict(row), "expected_streams": list(row["expected_streams"] or [])})
-
-
-def _interval(value: float | timedelta | None, field: str) -> timedelta | None:
-    """A positive number of seconds (or a timedelta) as a timedelta; None stays None."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not 0 < seconds < 10**9:
-        raise InvalidDeltaError(f"{field} must be a positive number of seconds, not {value!r}", field=field)
-    return timedelta(seconds=seconds)

@@ -37,7 +37,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +46,8 @@ import orjson
 from .db.connect import READ_COMMITTED, connect
 from .db.queries import query
 from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
+from .leader import Leadership
+from .models import MergeResult, MergerStats
 
 log = logging.getLogger(__name__)
 
@@ -55,33 +56,7 @@ WORK_CHANNEL = "dreamcatcher_work"
 DEFAULT_LEADER_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class MergeResult:
-    """One merged frame."""
-
-    world: str
-    frame: int
-    deltas: int
-    state_hash: str
-    seconds: float  #: the merge transaction, as the merger timed it
-    close_to_merged: float  #: from the frame's close to its merge, in the database's clock
-    stats: dict[str, Any]
-
-
-@dataclass
-class MergerStats:
-    frames_merged: int = 0
-    deltas_merged: int = 0
-    frames_closed: int = 0
-    quarantined: int = 0
-    reconnects: int = 0
-    errors: int = 0
-    writers_ended: int = 0  #: sessions ended for holding a fence while idle too long
-    is_leader: bool = False
-    last_frame: int | None = None
-
-
-class Merger:
+class Merger(Leadership):
     """Merges the frames of one world. ``await merger.run(stop_event)``."""
 
     def __init__(
@@ -145,100 +120,6 @@ class Merger:
                     await asyncio.wait_for(conn.close(), 2.0)
         self._conn = self._listener = None
         self.stats.is_leader = False
-
-    async def try_lead(self) -> bool:
-        """Take this world's leader lock if it is free. True when this merger leads."""
-        await self._connect()
-        assert self._conn is not None
-        if not self.stats.is_leader:
-            self.stats.is_leader = bool(await self._conn.fetchval(query("try_leader_lock"), self.world))
-            if self.stats.is_leader:
-                log.info("merger %s leads world %r", self.holder, self.world)
-                await self._heartbeat()
-        return self.stats.is_leader
-
-    async def _heartbeat(self) -> None:
-        assert self._conn is not None
-        await self._conn.execute(
-            query("heartbeat"), self.world, self.holder, self._started_at, self._conn.get_server_pid(),
-            self.leader_timeout,
-        )  # fmt: skip
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """Seconds between the heartbeats a leader sends while it leads."""
-        if self.leader_timeout is None:
-            return self.poll_interval
-        return max(0.05, min(self.poll_interval, self.leader_timeout / 5))
-
-    async def _beat_while_leading(self) -> None:
-        """Heartbeats from the listener connection, so a long merge on the session is no silence."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            conn, listener = self._conn, self._listener
-            if not self.stats.is_leader or conn is None or conn.is_closed():
-                continue
-            if listener is None or listener.is_closed():
-                continue
-            try:
-                await listener.execute(
-                    query("heartbeat"), self.world, self.holder, self._started_at, conn.get_server_pid(),
-                    self.leader_timeout,
-                )  # fmt: skip
-            except DRIVER_ERRORS as exc:  # the run loop sees a broken connection itself
-                log.debug("heartbeat of world %r not sent: %s", self.world, exc)
-
-    def _start_beats(self) -> None:
-        if self._beats is None or self._beats.done():
-            self._beats = asyncio.create_task(self._beat_while_leading())
-
-    async def _stop_beats(self) -> None:
-        if self._beats is not None:
-            self._beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beats
-            self._beats = None
-
-    async def end_silent_leader(self) -> int | None:
-        """As a standby: end the session of a leader silent for longer than ``leader_timeout``.
-
-        Returns the pid of the session ended, or None: no leader, a live one, a silence seen
-        only once so far, or no right to end it (see docs/tuning.md).
-        """
-        if self.leader_timeout is None:
-            return None
-        await self._connect()
-        assert self._conn is not None
-        row = await self._conn.fetchrow(query("silent_leader"), self.world, self.leader_timeout)
-        if row is None:
-            self._suspect = None
-            return None
-        pid = int(row["pid"])
-        # Act only on a silence seen twice, a heartbeat interval apart: a leader that has just
-        # taken the lock has no heartbeat of its own for the few milliseconds before its first.
-        now = time.monotonic()
-        if self._suspect is None or self._suspect[0] != pid:
-            self._suspect = (pid, now)
-            return None
-        if now - self._suspect[1] < self.heartbeat_interval:
-            return None
-        self._suspect = None
-        log.warning(
-            "leader %s of world %r (backend %s) has sent no heartbeat for %.1fs (leader_timeout %.1fs): "
-            "ending its session",
-            row["holder"] or "?", self.world, pid, row["silent_for"], self.leader_timeout,
-        )  # fmt: skip
-        try:
-            ended = await self._conn.fetchval(query("end_silent_leader"), self.world, self.leader_timeout)
-        except asyncpg.InsufficientPrivilegeError as exc:
-            log.error(
-                "cannot end the session of the silent leader of world %r (%s): run the mergers under "
-                "one login, or members of the merger role of `dreamcatcher init --roles` (run as a "
-                "superuser), or grant pg_signal_backend",
-                self.world, exc,
-            )  # fmt: skip
-            return None
-        return int(ended) if ended is not None else None
 
     # -- work --
 
@@ -485,22 +366,3 @@ class Merger:
             "writers_ended": s.writers_ended,
             "last_frame": s.last_frame,
         }
-
-
-async def run_mergers(
-    dsn: str,
-    worlds: list[str],
-    *,
-    poll_interval: float = 1.0,
-    leader_timeout: float | None = DEFAULT_LEADER_TIMEOUT,
-    stop: asyncio.Event | None = None,
-    metrics_port: int | None = None,
-) -> None:
-    """Run one merger per world until ``stop`` is set (optionally serving metrics)."""
-    stop = stop or asyncio.Event()
-    mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
-    if metrics_port is not None:
-        from .ops.metrics import start_metrics_server
-
-        start_metrics_server(metrics_port, mergers)
-    await asyncio.gather(*(m.run(stop) for m in mergers))

@@ -93,6 +93,34 @@ class WorldConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """One merged frame."""
+
+    world: str
+    frame: int
+    deltas: int
+    state_hash: str
+    seconds: float  #: the merge transaction, as the merger timed it
+    close_to_merged: float  #: from the frame's close to its merge, in the database's clock
+    stats: dict[str, Any]
+
+
+@dataclass
+class MergerStats:
+    """What one merger did since it started (``Merger.stats``; ``get_stats()`` as a dict)."""
+
+    frames_merged: int = 0
+    deltas_merged: int = 0
+    frames_closed: int = 0
+    quarantined: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    writers_ended: int = 0  #: sessions ended for holding a fence while idle too long
+    is_leader: bool = False
+    last_frame: int | None = None
+
+
 # -- a delta, checked and ready to send ----------------------------------------------------
 
 

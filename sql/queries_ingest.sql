@@ -1,4 +1,4 @@
--- Named queries of `dreamcatcher ingest` (dreamcatcher_pg/ingest.py).
+-- Named queries of `dreamcatcher ingest` (dreamcatcher_pg/ingest/load.py).
 -- Each starts with "-- name: NAME"; the loader reads every sql/queries*.sql file.
 
 -- name: ingest_quarantine

@@ -1,5 +1,5 @@
 -- Named queries of the operator's tools: `dreamcatcher status` and the merger's
--- Prometheus metrics (dreamcatcher_pg/status.py, dreamcatcher_pg/metrics.py).
+-- Prometheus metrics (dreamcatcher_pg/ops/status.py, dreamcatcher_pg/ops/metrics.py).
 -- Each one's cost follows the unmerged part of the log (or one index probe),
 -- never the whole log: they run every second under `status --watch` and on
 -- every metrics refresh.

@@ -1,7 +1,7 @@
--- Named queries of time travel: replay, diff, snapshots (dreamcatcher_pg/timetravel.py,
--- replay.py, snapshot.py). Each starts with "-- name: NAME".
+-- Named queries of time travel: replay, diff, snapshots (dreamcatcher_pg/timetravel/: state.py,
+-- replay.py, snapshot.py, gitdir.py). Each starts with "-- name: NAME".
 
--- name: tt_world_summary
+-- name: world_replay_summary
 -- Does the world exist, and how far has it merged. NULL row fields when it has no frames.
 SELECT EXISTS (SELECT 1 FROM dreamcatcher.worlds w WHERE w.world = $1)
        OR EXISTS (SELECT 1 FROM dreamcatcher.frame_log f WHERE f.world = $1) AS known,
@@ -9,28 +9,28 @@ SELECT EXISTS (SELECT 1 FROM dreamcatcher.worlds w WHERE w.world = $1)
        (SELECT min(f.frame) FROM dreamcatcher.frame_log f
         WHERE f.world = $1 AND f.status <> 'merged' AND f.frame <= $2) AS first_unmerged;
 
--- name: tt_diff_summary
+-- name: world_diff_summary
 -- For diff (the reader role may run it: only views). Does the world have frames, the last merged.
 SELECT EXISTS (SELECT 1 FROM dreamcatcher.frames f WHERE f.world = $1) AS known,
        (SELECT max(f.frame) FROM dreamcatcher.frames f WHERE f.world = $1 AND f.status = 'merged') AS last_merged;
 
--- name: tt_merged_frames
+-- name: merged_frames_to
 -- The merged frames of a world up to $2, with what their merge recorded.
 SELECT f.frame, f.state_hash, f.delta_count
 FROM dreamcatcher.frame_log f
 WHERE f.world = $1 AND f.status = 'merged' AND f.frame <= $2
 ORDER BY f.frame;
 
--- name: tt_state_at
+-- name: state_at
 SELECT s.kind, s.ekey, s.data::text AS data, s.first_frame, s.last_frame
 FROM dreamcatcher.state_at($1, $2, $3) s
 ORDER BY s.kind, s.ekey COLLATE "C";
 
--- name: tt_entity_changes
+-- name: entity_changes
 SELECT c.kind, c.ekey, c.change, c.before::text AS before, c.after::text AS after, c.fields
 FROM dreamcatcher.entity_changes($1, $2, $3) c;
 
--- name: tt_entity_at
+-- name: entity_at
 -- One entity's version alive right after frame $4 (NULL when it did not exist).
 SELECT v.data::text
 FROM dreamcatcher.entity_versions v

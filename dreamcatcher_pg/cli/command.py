@@ -158,8 +158,27 @@ def cmd_world(args: argparse.Namespace, dsn: str) -> int:
     return 0
 
 
+async def run_mergers(
+    dsn: str,
+    worlds: list[str],
+    *,
+    poll_interval: float,
+    leader_timeout: float | None,
+    stop: asyncio.Event,
+    metrics_port: int | None,
+) -> None:
+    """Run one merger per world until ``stop`` is set (optionally serving metrics)."""
+    from ..merger import Merger
+
+    mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
+    if metrics_port is not None:
+        from ..ops.metrics import start_metrics_server
+
+        start_metrics_server(metrics_port, mergers)
+    await asyncio.gather(*(m.run(stop) for m in mergers))
+
+
 def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
-    from ..merger import run_mergers
 
     async def run() -> None:
         stop = asyncio.Event()

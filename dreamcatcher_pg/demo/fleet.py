@@ -28,8 +28,8 @@ import asyncpg
 from ..client import DeltaClient
 from ..db.connect import connect
 from ..errors import DreamcatcherError, map_db_error
-from ..merger import Merger, MergeResult
-from ..models import Receipt
+from ..merger import Merger
+from ..models import MergeResult, Receipt
 from .plan import COORDINATOR, plan_frame, stream_name
 
 log = logging.getLogger(__name__)

@@ -379,7 +379,7 @@ def start_metrics_server(
 ) -> MetricsServer:
     """Serve the mergers' metrics on ``addr:port`` at ``/metrics`` (port 0: any free port).
 
-    Call it from the mergers' event loop (``run_mergers`` does): the database
+    Call it from the mergers' event loop (``dreamcatcher merger`` does): the database
     refresher runs as a task of that loop, every ``refresh_interval`` seconds
     (default: :func:`refresh_interval_for`). Outside a running loop the
     database-derived metrics are left out.

@@ -112,7 +112,7 @@ async def merged_frames(
     Raises :class:`UnknownWorldError` or :class:`FrameNotMergedError`.
     """
     horizon = to_frame if to_frame is not None else (1 << 63) - 1
-    summary = await conn.fetchrow(query("tt_world_summary"), world, horizon)
+    summary = await conn.fetchrow(query("world_replay_summary"), world, horizon)
     assert summary is not None
     if not summary["known"]:
         raise UnknownWorldError(f"world {world!r} does not exist in this database")
@@ -127,7 +127,7 @@ async def merged_frames(
         )
     if to_frame is None:
         return [], None
-    return list(await conn.fetch(query("tt_merged_frames"), world, to_frame)), to_frame
+    return list(await conn.fetch(query("merged_frames_to"), world, to_frame)), to_frame
 
 
 async def merge_one(
@@ -159,8 +159,8 @@ def changed_fields(a: Any, b: Any) -> tuple[str, ...]:
 async def _entity_pair(
     conn: asyncpg.Connection, world: str, scratch: str, kind: str, key: str, frame: int
 ) -> tuple[Any, Any]:
-    recorded = _json(await conn.fetchval(query("tt_entity_at"), world, kind, key, frame))
-    replayed = _json(await conn.fetchval(query("tt_entity_at"), scratch, kind, key, frame))
+    recorded = _json(await conn.fetchval(query("entity_at"), world, kind, key, frame))
+    replayed = _json(await conn.fetchval(query("entity_at"), scratch, kind, key, frame))
     return recorded, replayed
 
 

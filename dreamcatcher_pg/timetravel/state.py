@@ -99,7 +99,7 @@ async def state_at(
     right after ``frame`` merged, sorted by kind and key. Index-driven: the cost follows the size
     of the state, not the length of the history (``dreamcatcher.state_at``)."""
     async with connected(conn_or_dsn) as conn:
-        rows = await conn.fetch(query("tt_state_at"), world, frame, kind)
+        rows = await conn.fetch(query("state_at"), world, frame, kind)
     return [
         EntityState(r["kind"], r["ekey"], _json(r["data"]), r["first_frame"], r["last_frame"]) for r in rows
     ]
@@ -112,11 +112,11 @@ async def diff(conn_or_dsn: ConnOrDsn, world: str, frame_a: int, frame_b: int) -
     ``dreamcatcher.diff``). Raises :class:`UnknownWorldError` for a world without frames. Needs
     only read access (the reader role)."""
     async with connected(conn_or_dsn) as conn:
-        summary = await conn.fetchrow(query("tt_diff_summary"), world)
+        summary = await conn.fetchrow(query("world_diff_summary"), world)
         assert summary is not None
         if not summary["known"]:
             raise UnknownWorldError(f"world {world!r} has no frames in this database")
-        rows = await conn.fetch(query("tt_entity_changes"), world, frame_a, frame_b)
+        rows = await conn.fetch(query("entity_changes"), world, frame_a, frame_b)
     result = Diff(world, frame_a, frame_b, summary["last_merged"])
     for r in rows:
         change = cast(Change, r["change"])

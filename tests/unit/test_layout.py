@@ -58,3 +58,26 @@ def test_nothing_points_outside_the_repository() -> None:
             text = path.read_text(encoding="utf-8", errors="replace")
             offenders += [f"{path}: {n}" for n in ("../shared", "DESIGN.md", "STYLE.md") if n in text]
     assert offenders == []
+
+
+def library_modules() -> list[Path]:
+    package = ROOT / "dreamcatcher_pg"
+    return [p for p in package.rglob("*.py") if "cli" not in p.relative_to(package).parts]
+
+
+def test_nothing_outside_the_command_line_prints() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in library_modules()
+        if any(word in p.read_text(encoding="utf-8") for word in ("print(", "sys.stdout", "sys.stderr"))
+    ]
+    assert offenders == []
+
+
+def test_every_module_has_one_job_and_stays_short() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "dreamcatcher_pg").rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450
+    }
+    assert long == {}
