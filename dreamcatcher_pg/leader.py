@@ -58,9 +58,13 @@ class Leadership:
     async def _heartbeat(self) -> None:
         assert self._conn is not None
         await self._conn.execute(
-            query("heartbeat"), self.world, self.holder, self._started_at, self._conn.get_server_pid(),
+            query("heartbeat"),
+            self.world,
+            self.holder,
+            self._started_at,
+            self._conn.get_server_pid(),
             self.leader_timeout,
-        )  # fmt: skip
+        )
 
     @property
     def heartbeat_interval(self) -> float:
@@ -80,9 +84,13 @@ class Leadership:
                 continue
             try:
                 await listener.execute(
-                    query("heartbeat"), self.world, self.holder, self._started_at, conn.get_server_pid(),
+                    query("heartbeat"),
+                    self.world,
+                    self.holder,
+                    self._started_at,
+                    conn.get_server_pid(),
                     self.leader_timeout,
-                )  # fmt: skip
+                )
             except DRIVER_ERRORS as exc:  # the run loop sees a broken connection itself
                 log.debug("heartbeat of world %r not sent: %s", self.world, exc)
 
@@ -124,8 +132,12 @@ class Leadership:
         log.warning(
             "leader %s of world %r (backend %s) has sent no heartbeat for %.1fs (leader_timeout %.1fs): "
             "ending its session",
-            row["holder"] or "?", self.world, pid, row["silent_for"], self.leader_timeout,
-        )  # fmt: skip
+            row["holder"] or "?",
+            self.world,
+            pid,
+            row["silent_for"],
+            self.leader_timeout,
+        )
         try:
             ended = await self._conn.fetchval(query("end_silent_leader"), self.world, self.leader_timeout)
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -133,7 +145,8 @@ class Leadership:
                 "cannot end the session of the silent leader of world %r (%s): run the mergers under "
                 "one login, or members of the merger role of `dreamcatcher init --roles` (run as a "
                 "superuser), or grant pg_signal_backend",
-                self.world, exc,
-            )  # fmt: skip
+                self.world,
+                exc,
+            )
             return None
         return int(ended) if ended is not None else None

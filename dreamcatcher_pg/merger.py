@@ -150,8 +150,12 @@ class Merger(Leadership):
                 log.warning(
                     "world %r frame %s is due (%s) but inserts still hold it open after %.1fs "
                     "(backends %s; a worker idle in its transaction?): trying again later",
-                    self.world, row["frame"], row["reason"], self.close_wait, holders or "?",
-                )  # fmt: skip
+                    self.world,
+                    row["frame"],
+                    row["reason"],
+                    self.close_wait,
+                    holders or "?",
+                )
                 await self.end_stuck_writers(waited=True)
                 continue
             if status == "closed":
@@ -178,10 +182,15 @@ class Merger(Leadership):
             for w in self.stuck:
                 log.warning(
                     "world %r: session %s (%s, %s) holds %s and has been %s for %.1fs",
-                    self.world, w["pid"], w["application_name"] or "no name", w["usename"],
-                    ", ".join(w["holds"]), w["state"], w["idle_for"] or 0.0,
+                    self.world,
+                    w["pid"],
+                    w["application_name"] or "no name",
+                    w["usename"],
+                    ", ".join(w["holds"]),
+                    w["state"],
+                    w["idle_for"] or 0.0,
                     extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
-                )  # fmt: skip
+                )
         try:
             ended = [dict(r) for r in await self._conn.fetch(query("end_stuck_writers"), self.world)]
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -189,17 +198,23 @@ class Merger(Leadership):
                 "world %r: cannot end the idle sessions that hold its fences (%s): run the merger as "
                 "the workers' login, or as a member of the merger role of `dreamcatcher init --roles`, "
                 "or grant it pg_signal_backend",
-                self.world, exc,
-            )  # fmt: skip
+                self.world,
+                exc,
+            )
             return []
         for w in ended:
             log.warning(
                 "world %r: ended session %s (%s, %s): it held %s while %s for %.1fs, past the world's "
                 "idle_writer_timeout; its open transaction rolled back",
-                self.world, w["pid"], w["application_name"] or "no name", w["usename"], ", ".join(w["holds"]),
-                w["state"], w["idle_for"] or 0.0,
+                self.world,
+                w["pid"],
+                w["application_name"] or "no name",
+                w["usename"],
+                ", ".join(w["holds"]),
+                w["state"],
+                w["idle_for"] or 0.0,
                 extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
-            )  # fmt: skip
+            )
         self.stats.writers_ended += len(ended)
         return [int(w["pid"]) for w in ended]
 
@@ -227,8 +242,9 @@ class Merger(Leadership):
                 # they commit a new frame): end it if it is idle past the limit, else try later
                 log.warning(
                     "world %r: the claim of the next frame waited %.1fs for the world lock; trying later",
-                    self.world, self.close_wait,
-                )  # fmt: skip
+                    self.world,
+                    self.close_wait,
+                )
                 await self.end_stuck_writers(waited=True)
                 break
             if frame is None:
@@ -251,9 +267,14 @@ class Merger(Leadership):
             self.stats.last_frame = result.frame
             log.info(
                 "merged world=%s frame=%s deltas=%s changes=%s quarantined=%s duration_ms=%.1f hash=%s",
-                self.world, frame, result.deltas, stats["changes"], stats["quarantined"],
-                seconds * 1000, result.state_hash,
-            )  # fmt: skip
+                self.world,
+                frame,
+                result.deltas,
+                stats["changes"],
+                stats["quarantined"],
+                seconds * 1000,
+                result.state_hash,
+            )
             if self.on_merged is not None:
                 self.on_merged(result)
             results.append(result)
@@ -295,8 +316,11 @@ class Merger(Leadership):
         """
         stop = stop or asyncio.Event()
         backoff = 0.1
-        log.info("merger %s for world %r started; standing by until it holds the leader lock",
-                 self.holder, self.world)  # fmt: skip
+        log.info(
+            "merger %s for world %r started; standing by until it holds the leader lock",
+            self.holder,
+            self.world,
+        )
         while not stop.is_set():
             try:
                 if not await self.try_lead():

@@ -64,9 +64,14 @@ async def _run(
     args: argparse.Namespace, dsn: str, max_bytes: int, on_progress: Callable[[int, int], None] | None
 ) -> IngestReport:
     return await ingest_directory(
-        dsn, args.directory, args.world, merge=args.merge, timeout=args.timeout,
-        max_bytes=max_bytes, on_progress=on_progress,
-    )  # fmt: skip
+        dsn,
+        args.directory,
+        args.world,
+        merge=args.merge,
+        timeout=args.timeout,
+        max_bytes=max_bytes,
+        on_progress=on_progress,
+    )
 
 
 def _frames(frames: Iterable[int]) -> str:

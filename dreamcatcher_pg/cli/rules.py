@@ -82,16 +82,21 @@ def register(sub: Any) -> None:
         "(docs/rules.md). A world without rules uses the built-in default rule set.",
     )
     rsub = p.add_subparsers(
-        dest="rules_command", required=True, metavar="SUBCOMMAND",
+        dest="rules_command",
+        required=True,
+        metavar="SUBCOMMAND",
         help="check FILE | apply FILE --world W [--from-frame N] | show --world W",
-    )  # fmt: skip
+    )
     a = rsub.add_parser("apply", help="merge a world's frames with these rules from a frame on")
     a.add_argument("file", help="the rules file (TOML)")
     a.add_argument("--world", required=True, help="the world whose frames these rules merge")
     a.add_argument(
-        "--from-frame", type=int, default=None, metavar="N",
+        "--from-frame",
+        type=int,
+        default=None,
+        metavar="N",
         help="the first frame they merge (default: the first frame not merged yet); never a merged one",
-    )  # fmt: skip
+    )
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=cmd_apply)
     s = rsub.add_parser("show", help="a world's rule versions, and the rules it merges with now")

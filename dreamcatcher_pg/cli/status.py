@@ -27,9 +27,17 @@ log = logging.getLogger(__name__)
 WIDE_LAYOUT = 150
 
 _COLUMNS = (
-    "world", "frames open/closed/merged", "last merged", "merge lag", "open frame",
-    "late attempts", "quarantined", "unmerged keys", "leader", "fences held by",
-)  # fmt: skip
+    "world",
+    "frames open/closed/merged",
+    "last merged",
+    "merge lag",
+    "open frame",
+    "late attempts",
+    "quarantined",
+    "unmerged keys",
+    "leader",
+    "fences held by",
+)
 
 
 def _cells(w: dict[str, Any]) -> list[str | Text]:
@@ -207,9 +215,12 @@ def cmd_status(args: argparse.Namespace, dsn: str) -> int:
     if args.watch:
         with contextlib.suppress(KeyboardInterrupt):
             watch_status(
-                dsn, args.world, interval=args.interval, json_lines=args.json,
+                dsn,
+                args.world,
+                interval=args.interval,
+                json_lines=args.json,
                 write=lambda line: print(line, flush=True),
-            )  # fmt: skip
+            )
         return 0
     worlds = asyncio.run(collect_status(dsn, args.world))
     if args.json:

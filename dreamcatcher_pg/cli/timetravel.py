@@ -62,10 +62,12 @@ def render_diff(result: Diff) -> list[Table]:
             after = c.after if isinstance(c.after, dict) else {}
             for i, f in enumerate(c.fields or ("",)):
                 table.add_row(
-                    Text("changed", "yellow") if i == 0 else "", Text(c.key) if i == 0 else "", Text(f),
+                    Text("changed", "yellow") if i == 0 else "",
+                    Text(c.key) if i == 0 else "",
+                    Text(f),
                     _value(before.get(f, ABSENT) if f else c.before),
                     _value(after.get(f, ABSENT) if f else c.after),
-                )  # fmt: skip
+                )
         for c in groups["removed"]:
             table.add_row(Text("removed", "red"), Text(c.key), "", _value(c.before), "")
         tables.append(table)

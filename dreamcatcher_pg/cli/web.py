@@ -28,11 +28,17 @@ def register(sub: Any) -> None:
         "one; every transaction read-only). It listens on 127.0.0.1 unless given a token.",
     )
     p.add_argument("--world", help="the world the page opens on (default: the first one)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
-                   "any other than a loopback address needs --token)")  # fmt: skip
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; any other than a loopback address needs --token)",
+    )
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
-    p.add_argument("--token", help=f"require this token from every client (default: ${TOKEN_ENV}); "
-                   "the page is opened as http://HOST:PORT/?token=TOKEN")  # fmt: skip
+    p.add_argument(
+        "--token",
+        help=f"require this token from every client (default: ${TOKEN_ENV}); "
+        "the page is opened as http://HOST:PORT/?token=TOKEN",
+    )
     p.add_argument(
         "--role-prefix",
         default="dreamcatcher",
@@ -72,8 +78,13 @@ def add_demo_arguments(p: Any) -> None:
         action="store_true",
         help="then keep the demo world up (with a merger) and serve the inspector on it until Ctrl-C",
     )
-    p.add_argument("--web-port", type=int, default=8765, metavar="PORT",
-                   help="the inspector's port with --web (default 8765; 0: any free port)")  # fmt: skip
+    p.add_argument(
+        "--web-port",
+        type=int,
+        default=8765,
+        metavar="PORT",
+        help="the inspector's port with --web (default 8765; 0: any free port)",
+    )
 
 
 def run_demo_web(dsn: str, world: str, port: int) -> int:
@@ -87,8 +98,13 @@ def run_demo_web(dsn: str, world: str, port: int) -> int:
         merger = Merger(dsn, world, poll_interval=0.2, name="demo-web")
         merging = asyncio.create_task(merger.run(stop), name="demo-web-merger")
         try:
-            await serve(WebConfig(dsn, world=world), "127.0.0.1", port, stop=stop,
-                        on_ready=_ready(sys.stdout.isatty()))  # fmt: skip
+            await serve(
+                WebConfig(dsn, world=world),
+                "127.0.0.1",
+                port,
+                stop=stop,
+                on_ready=_ready(sys.stdout.isatty()),
+            )
         finally:
             stop.set()
             with contextlib.suppress(asyncio.TimeoutError):

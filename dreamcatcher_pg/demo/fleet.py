@@ -105,17 +105,24 @@ def percentile(values: list[float], q: float) -> float:
 
 def _summary_ms(seconds: list[float]) -> dict[str, float]:
     ms = [s * 1000 for s in seconds]
-    return {"p50": round(percentile(ms, 50), 3), "p99": round(percentile(ms, 99), 3),
-            "max": round(max(ms, default=0.0), 3)}  # fmt: skip
+    return {
+        "p50": round(percentile(ms, 50), 3),
+        "p99": round(percentile(ms, 99), 3),
+        "max": round(max(ms, default=0.0), 3),
+    }
 
 
 class _Fleet:
     """The stream tasks and the coordinator of one run, with their frame barrier."""
 
     def __init__(
-        self, dsn: str, world: str, config: DemoConfig, first_frame: int,
+        self,
+        dsn: str,
+        world: str,
+        config: DemoConfig,
+        first_frame: int,
         on_progress: Callable[[DemoProgress], None] | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.dsn, self.world, self.config, self.first_frame = dsn, world, config, first_frame
         self.on_progress = on_progress
         m = config.frames

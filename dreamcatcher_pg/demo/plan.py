@@ -28,9 +28,19 @@ FRAME_SPAN_US = 60_000_000
 COORDINATOR = "demo-coordinator"
 
 TOPICS = (
-    "tidepools", "lanterns", "orbital gardens", "glass bees", "paper boats", "night trains",
-    "salt maps", "clockwork owls", "fog harbors", "moss libraries", "quiet engines", "dune choirs",
-)  # fmt: skip
+    "tidepools",
+    "lanterns",
+    "orbital gardens",
+    "glass bees",
+    "paper boats",
+    "night trains",
+    "salt maps",
+    "clockwork owls",
+    "fog harbors",
+    "moss libraries",
+    "quiet engines",
+    "dune choirs",
+)
 CHANNELS = ("general", "research", "stories", "meta")
 REACTIONS = ("like", "heart", "laugh", "insight", "rocket")
 MOODS = ("curious", "sleepy", "bold", "wistful", "focused")

@@ -198,9 +198,12 @@ def _account(
     details: dict[str, Any]
     for delta, status in zip(deltas, statuses, strict=True):
         outcome = {
-            "file": delta.file, "frame": delta.frame, "stream_id": delta.stream_id,
-            "utc": delta.utc.isoformat(), "status": status.partition(":")[0],
-        }  # fmt: skip
+            "file": delta.file,
+            "frame": delta.frame,
+            "stream_id": delta.stream_id,
+            "utc": delta.utc.isoformat(),
+            "status": status.partition(":")[0],
+        }
         report.deltas.append(outcome)
         if status == "stored":
             report.stored += 1
@@ -263,10 +266,14 @@ async def ingest_directory(
         quarantine = _account(report, deltas, statuses, bad)
         if quarantine:
             added = await conn.fetchval(
-                query("ingest_quarantine"), world,
-                [q[0] for q in quarantine], [q[1] for q in quarantine], [q[2] for q in quarantine],
-                [q[3] for q in quarantine], [orjson.dumps(q[4]).decode() for q in quarantine],
-            )  # fmt: skip
+                query("ingest_quarantine"),
+                world,
+                [q[0] for q in quarantine],
+                [q[1] for q in quarantine],
+                [q[2] for q in quarantine],
+                [q[3] for q in quarantine],
+                [orjson.dumps(q[4]).decode() for q in quarantine],
+            )
             report.quarantine_rows_added = int(added)
         report.frames = sorted(
             {d.frame for d, s in zip(deltas, statuses, strict=True) if s in ("stored", "duplicate")}

@@ -172,8 +172,9 @@ class DatabaseRefresher:
                 except (*DRIVER_ERRORS, TimeoutError) as exc:
                     self.errors += 1
                     if not self._failing:
-                        log.warning("metrics: cannot read the database (%s); retrying every %.0fs",
-                                    exc, self.interval)  # fmt: skip
+                        log.warning(
+                            "metrics: cannot read the database (%s); retrying every %.0fs", exc, self.interval
+                        )
                     self._failing = True
                     await self.aclose()
                 await asyncio.sleep(self.interval)
@@ -265,13 +266,15 @@ class MergerCollector(Collector):
             "writers_ended",
         )
         leader = GaugeMetricFamily(
-            "dreamcatcher_leader", "1 while a merger of this process holds the world's leader lock.",
+            "dreamcatcher_leader",
+            "1 while a merger of this process holds the world's leader lock.",
             labels=["world"],
-        )  # fmt: skip
+        )
         last = GaugeMetricFamily(
-            "dreamcatcher_last_merged_frame", "Frame number of the last frame this process merged.",
+            "dreamcatcher_last_merged_frame",
+            "Frame number of the last frame this process merged.",
             labels=["world"],
-        )  # fmt: skip
+        )
         for s in stats:
             leader.add_metric([s["world"]], 1.0 if s["is_leader"] else 0.0)
             if s["last_frame"] is not None:
@@ -285,24 +288,43 @@ class MergerCollector(Collector):
         assert self.refresher is not None
         snapshot = self.refresher.snapshot()
         families: list[tuple[Any, str, str, Callable[[WorldCounts], float]]] = [
-            (CounterMetricFamily, "dreamcatcher_deltas_ingested_total",
-             "Deltas stored in the log (all writers; read from the database).",
-             lambda c: c.deltas_ingested),
-            (CounterMetricFamily, "dreamcatcher_late_deltas_total",
-             "Attempts to write into a closed frame, rejected or deferred (read from the database).",
-             lambda c: c.late_attempts),
-            (CounterMetricFamily, "dreamcatcher_quarantined_items_total",
-             "Items no rule could read, kept with their reason (read from the database).",
-             lambda c: c.quarantined),
-            (GaugeMetricFamily, "dreamcatcher_merge_lag_frames",
-             "Frames closed and waiting for the merger (read from the database).",
-             lambda c: c.merge_lag_frames),
-            (GaugeMetricFamily, "dreamcatcher_merge_lag_seconds",
-             "Age of the oldest frame closed and waiting for the merger; 0 when none (from the database).",
-             lambda c: c.merge_lag_seconds),
-            (GaugeMetricFamily, "dreamcatcher_open_frames", "Frames open (read from the database).",
-             lambda c: c.frames_open),
-        ]  # fmt: skip
+            (
+                CounterMetricFamily,
+                "dreamcatcher_deltas_ingested_total",
+                "Deltas stored in the log (all writers; read from the database).",
+                lambda c: c.deltas_ingested,
+            ),
+            (
+                CounterMetricFamily,
+                "dreamcatcher_late_deltas_total",
+                "Attempts to write into a closed frame, rejected or deferred (read from the database).",
+                lambda c: c.late_attempts,
+            ),
+            (
+                CounterMetricFamily,
+                "dreamcatcher_quarantined_items_total",
+                "Items no rule could read, kept with their reason (read from the database).",
+                lambda c: c.quarantined,
+            ),
+            (
+                GaugeMetricFamily,
+                "dreamcatcher_merge_lag_frames",
+                "Frames closed and waiting for the merger (read from the database).",
+                lambda c: c.merge_lag_frames,
+            ),
+            (
+                GaugeMetricFamily,
+                "dreamcatcher_merge_lag_seconds",
+                "Age of the oldest frame closed and waiting for the merger; 0 when none (from the database).",
+                lambda c: c.merge_lag_seconds,
+            ),
+            (
+                GaugeMetricFamily,
+                "dreamcatcher_open_frames",
+                "Frames open (read from the database).",
+                lambda c: c.frames_open,
+            ),
+        ]
         for kind, name, doc, value in families:
             family = kind(name, doc, labels=["world"])
             for world, counts in sorted(snapshot.items()):

@@ -132,8 +132,10 @@ async def export_dir(
     if report.late:
         log.warning(
             "world %r: %d late (deferred) deltas go back into their own frame on ingest; "
-            "hashes can differ from that frame until the one that merged them", world, report.late,
-        )  # fmt: skip
+            "hashes can differ from that frame until the one that merged them",
+            world,
+            report.late,
+        )
     return report
 
 

@@ -193,8 +193,12 @@ async def replay_verify(
     report.seconds = time.perf_counter() - started
     log.info(
         "replay world=%s frames=%d deltas=%d ok=%s seconds=%.2f",
-        world, report.frames, report.deltas, report.ok, report.seconds,
-    )  # fmt: skip
+        world,
+        report.frames,
+        report.deltas,
+        report.ok,
+        report.seconds,
+    )
     return report
 
 

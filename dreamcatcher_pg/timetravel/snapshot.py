@@ -125,10 +125,17 @@ async def export_snapshot(
         }
         size = await asyncio.to_thread(write_archive, path, manifest, Path(tmp))
     report = SnapshotReport(
-        str(path), world, frame, last_frame, last_hash,
-        len(frames), members["deltas.jsonl"].lines, members["state.jsonl"].lines, size,
+        str(path),
+        world,
+        frame,
+        last_frame,
+        last_hash,
+        len(frames),
+        members["deltas.jsonl"].lines,
+        members["state.jsonl"].lines,
+        size,
         time.perf_counter() - started,
-    )  # fmt: skip
+    )
     log.info("exported world=%s frame=%s to %s (%d bytes)", world, frame, path, size)
     return report
 
@@ -190,20 +197,33 @@ async def import_snapshot(
             )
         cfg = manifest.world_config  # (each value checked by manifest_problem)
         await conn.execute(
-            query("snapshot_import_world"), target, cfg.get("late_policy") or "reject",
-            list(cfg.get("expected_streams") or []), float(cfg.get("close_after") or 60.0),
-            int(cfg.get("max_frame_ahead") or 10_000_000), float(cfg.get("idle_writer_timeout") or 30.0),
-        )  # fmt: skip
+            query("snapshot_import_world"),
+            target,
+            cfg.get("late_policy") or "reject",
+            list(cfg.get("expected_streams") or []),
+            float(cfg.get("close_after") or 60.0),
+            int(cfg.get("max_frame_ahead") or 10_000_000),
+            float(cfg.get("idle_writer_timeout") or 30.0),
+        )
         frames, quarantined = await _load(conn, path, target)
         await _merge_and_check(conn, target, manifest, frames, on_progress)
         await _check_state(conn, target, manifest, quarantined)
         if frames:  # (the last frame merged here, which manifest_problem matched to last_merged_frame)
             await conn.execute(query("snapshot_set_horizon"), target, int(frames[-1]["frame"]))
     report = SnapshotReport(
-        str(path), target, manifest.frame, manifest.last_merged_frame, manifest.state_hash,
-        len(frames), int(manifest.counts.get("deltas", 0)), int(manifest.counts.get("entities", 0)),
-        path.stat().st_size, time.perf_counter() - started, manifest.world, applied,
-    )  # fmt: skip
+        str(path),
+        target,
+        manifest.frame,
+        manifest.last_merged_frame,
+        manifest.state_hash,
+        len(frames),
+        int(manifest.counts.get("deltas", 0)),
+        int(manifest.counts.get("entities", 0)),
+        path.stat().st_size,
+        time.perf_counter() - started,
+        manifest.world,
+        applied,
+    )
     log.info("imported %s into world=%s: %d frames verified", path, target, len(frames))
     return report
 

@@ -49,10 +49,13 @@ class EntityChange:
             before = self.before if isinstance(self.before, dict) else {}
             after = self.after if isinstance(self.after, dict) else {}
             doc["fields"] = {
-                f: {k: v for k, v in (("before", before.get(f, ABSENT)), ("after", after.get(f, ABSENT)))
-                    if v is not ABSENT}
+                f: {
+                    k: v
+                    for k, v in (("before", before.get(f, ABSENT)), ("after", after.get(f, ABSENT)))
+                    if v is not ABSENT
+                }
                 for f in self.fields
-            }  # fmt: skip
+            }
         if self.change != "added":
             doc["before"] = self.before
         if self.change != "removed":
@@ -81,11 +84,15 @@ class Diff:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "world": self.world, "from": self.frame_a, "to": self.frame_b,
-            "last_merged_frame": self.last_merged_frame, "summary": self.summary(),
-            "changes": {k: {ch: [c.to_dict() for c in v] for ch, v in g.items()}
-                        for k, g in self.by_kind().items()},
-        }  # fmt: skip
+            "world": self.world,
+            "from": self.frame_a,
+            "to": self.frame_b,
+            "last_merged_frame": self.last_merged_frame,
+            "summary": self.summary(),
+            "changes": {
+                k: {ch: [c.to_dict() for c in v] for ch, v in g.items()} for k, g in self.by_kind().items()
+            },
+        }
 
 
 def _json(text: str | None) -> Any:
