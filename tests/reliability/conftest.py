@@ -1,4 +1,4 @@
-"""Fault-injection tests (issue 3). The scenarios live in ``bench/reliability.py``, so that
+"""Fault-injection tests (issue 3). The scenarios live in ``bench/reliability/``, so that
 ``python -m bench.reliability`` runs the same code and prints the reliability table; these
 tests run them CI-sized and assert on their reports.
 
