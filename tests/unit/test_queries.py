@@ -15,11 +15,11 @@ USED = re.compile(r"""query\(\s*["'](\w+)["']\s*\)""")
 
 
 def used_names() -> dict[str, list[str]]:
-    """Every ``query("NAME")`` in dreamcatcher_pg/*.py, with the files that use it."""
+    """Every ``query("NAME")`` in dreamcatcher_pg/ (its subpackages too), with the files that use it."""
     found: dict[str, list[str]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for name in USED.findall(path.read_text(encoding="utf-8")):
-            found.setdefault(name, []).append(path.name)
+            found.setdefault(name, []).append(str(path.relative_to(PACKAGE)))
     return found
 
 
