@@ -5,7 +5,7 @@ The checks they pass are :mod:`dreamcatcher_pg.validation`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple
@@ -119,6 +119,46 @@ class MergerStats:
     writers_ended: int = 0  #: sessions ended for holding a fence while idle too long
     is_leader: bool = False
     last_frame: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorldStatus:
+    """The facts of one world, as ``dreamcatcher status`` shows them (``--json``: :meth:`to_dict`).
+
+    The fields are documented in docs/operations.md (section 3, ``status --json``).
+    """
+
+    world: str
+    late_policy: str
+    expected_streams: list[str]
+    close_after: float  # seconds
+    horizon: int | None
+    last_merged: int | None
+    frames_open: int
+    frames_closed: int
+    frames_merged: int
+    open_frame: int | None  # the lowest open frame
+    late_attempts: int
+    late_deferred: int
+    quarantined: int
+    unmerged_keys: dict[str, int]  # delta key -> deltas carrying it, for keys no rule reads
+    leader: str | None  # the holder name of the last merger that led
+    leader_heartbeat: datetime | None
+    heartbeat_age: float | None  # seconds
+    merge_lag_frames: int  # closed frames waiting for the merger
+    streams_in_open_frame: list[str]
+    open_frame_deltas: int
+    missing_streams: list[str]  # expected but not in the open frame yet
+    last_merged_frame: dict[str, Any] | None  # frame, delta_count, state_hash, merged_at, ...
+    merge_lag_seconds: float  # age of the oldest closed frame waiting
+    recent_frames: list[dict[str, Any]]  # frame, status, delta_count, close_reason; newest first
+    leader_lock_pid: int | None
+    leader_alive: bool  # its session still holds the leader lock
+    fence_holders: list[dict[str, Any]]  # sessions holding one of the world's fences
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields in order, as ``status --json`` prints them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # -- a delta, checked and ready to send ----------------------------------------------------

@@ -56,11 +56,11 @@ async def late(dsn: str, *, prefix: str = "late") -> Report:
             )
             await slow.close_frame(2)
         await merge_all(dsn, world)
-    status = {w["world"]: w for w in await collect_status(dsn)}
+    status = {w.world: w for w in await collect_status(dsn)}
     report.notes["status"] = {
         world: {
-            "late_attempts": status[world]["late_attempts"],
-            "late_deferred": status[world]["late_deferred"],
+            "late_attempts": status[world].late_attempts,
+            "late_deferred": status[world].late_deferred,
         }
         for world in (f"{prefix}-reject", f"{prefix}-defer")
     }

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 from rich.console import Group, RenderableType
@@ -18,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import DRIVER_ERRORS
+from ..models import WorldStatus
 from ..ops.status import STALE_HEARTBEAT, collect_status
 
 log = logging.getLogger(__name__)
@@ -40,25 +40,25 @@ _COLUMNS = (
 )
 
 
-def _cells(w: dict[str, Any]) -> list[str | Text]:
-    late = f"{w['late_attempts']}" + (f" ({w['late_deferred']} deferred)" if w["late_deferred"] else "")
+def _cells(w: WorldStatus) -> list[str | Text]:
+    late = f"{w.late_attempts}" + (f" ({w.late_deferred} deferred)" if w.late_deferred else "")
     return [
-        w["world"],
-        f"{w['frames_open']}/{w['frames_closed']}/{w['frames_merged']}",
+        w.world,
+        f"{w.frames_open}/{w.frames_closed}/{w.frames_merged}",
         _last_merged(w),
         _lag(w),
         _open_frame(w),
         late,
-        str(w["quarantined"]),
-        _keys(w["unmerged_keys"]),
+        str(w.quarantined),
+        _keys(w.unmerged_keys),
         _leader(w),
         _holders(w),
     ]
 
 
-def _holders(w: dict[str, Any]) -> str | Text:
+def _holders(w: WorldStatus) -> str | Text:
     """The sessions idle while they hold one of the world's fences (they hold frames open)."""
-    idle = [h for h in w.get("fence_holders", []) if str(h["state"]).startswith("idle")]
+    idle = [h for h in w.fence_holders if str(h["state"]).startswith("idle")]
     if not idle:
         return "-"
     parts = [
@@ -69,14 +69,14 @@ def _holders(w: dict[str, Any]) -> str | Text:
     return Text("; ".join(parts), style="red" if any(h["over_limit"] for h in idle) else "yellow")
 
 
-def render_status(worlds: list[dict[str, Any]], width: int | None = None) -> RenderableType:
+def render_status(worlds: list[WorldStatus], width: int | None = None) -> RenderableType:
     """One table row per world; on a console narrower than ``WIDE_LAYOUT``, one table per world."""
     if not worlds:
         return Text("no worlds yet: a world appears with its first delta (or `dreamcatcher world W`)")
     if width is not None and width < WIDE_LAYOUT:
         tables = []
         for w in worlds:
-            table = Table(title=f"world {w['world']}", title_justify="left", show_header=False)
+            table = Table(title=f"world {w.world}", title_justify="left", show_header=False)
             table.add_column("fact", style="bold")
             table.add_column("value", overflow="fold")
             for name, cell in zip(_COLUMNS[1:], _cells(w)[1:], strict=True):
@@ -91,8 +91,8 @@ def render_status(worlds: list[dict[str, Any]], width: int | None = None) -> Ren
     return table
 
 
-def _last_merged(w: dict[str, Any]) -> str:
-    last = w.get("last_merged_frame")
+def _last_merged(w: WorldStatus) -> str:
+    last = w.last_merged_frame
     if not last:
         return "-"
     text = f"#{last['frame']}: {last['delta_count']} deltas"
@@ -101,22 +101,22 @@ def _last_merged(w: dict[str, Any]) -> str:
     return text
 
 
-def _lag(w: dict[str, Any]) -> Text:
-    frames = int(w["merge_lag_frames"])
+def _lag(w: WorldStatus) -> Text:
+    frames = int(w.merge_lag_frames)
     if frames == 0:
         return Text("0")
-    return Text(f"{frames} frames, {_seconds(w['merge_lag_seconds'])}", style="yellow")
+    return Text(f"{frames} frames, {_seconds(w.merge_lag_seconds)}", style="yellow")
 
 
-def _open_frame(w: dict[str, Any]) -> str:
-    if w["open_frame"] is None:
+def _open_frame(w: WorldStatus) -> str:
+    if w.open_frame is None:
         return "-"
-    seen, expected = w["streams_in_open_frame"], w["expected_streams"]
-    text = f"#{w['open_frame']}: {len(seen)}"
+    seen, expected = w.streams_in_open_frame, w.expected_streams
+    text = f"#{w.open_frame}: {len(seen)}"
     text += f"/{len(expected)} expected streams" if expected else " streams"
-    text += f", {w['open_frame_deltas']} deltas"
-    if w["missing_streams"]:
-        missing = ", ".join(w["missing_streams"][:5]) + (" …" if len(w["missing_streams"]) > 5 else "")
+    text += f", {w.open_frame_deltas} deltas"
+    if w.missing_streams:
+        missing = ", ".join(w.missing_streams[:5]) + (" …" if len(w.missing_streams) > 5 else "")
         text += f"; waiting for {missing}"
     return text
 
@@ -126,14 +126,14 @@ def _keys(keys: dict[str, int]) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
-def _leader(w: dict[str, Any]) -> Text:
-    if not w["leader"]:
+def _leader(w: WorldStatus) -> Text:
+    if not w.leader:
         return Text("none", style="red")
-    age = w["heartbeat_age"]
-    if not w["leader_alive"]:
-        return Text(f"none (last: {w['leader']}, {_seconds(age)} ago)", style="red")
+    age = w.heartbeat_age
+    if not w.leader_alive:
+        return Text(f"none (last: {w.leader}, {_seconds(age)} ago)", style="red")
     style = "yellow" if age is not None and age > STALE_HEARTBEAT else ""
-    return Text(f"{w['leader']} (heartbeat {_seconds(age)} ago)", style=style)
+    return Text(f"{w.leader} (heartbeat {_seconds(age)} ago)", style=style)
 
 
 def _seconds(value: float | None) -> str:
@@ -146,9 +146,9 @@ def _seconds(value: float | None) -> str:
     return f"{value / 60:.0f} min"
 
 
-def status_json(worlds: list[dict[str, Any]]) -> str:
-    """The ``--json`` form: a JSON array of the worlds' dicts, on one line."""
-    return orjson.dumps(worlds, default=str).decode()
+def status_json(worlds: list[WorldStatus]) -> str:
+    """The ``--json`` form: a JSON array of the worlds' facts, on one line."""
+    return orjson.dumps([w.to_dict() for w in worlds], default=str).decode()
 
 
 def watch_status(
@@ -168,7 +168,7 @@ def watch_status(
     (a warning in the log, or a line under the last table) and keeps trying.
     """
 
-    async def loop(update: Callable[[list[dict[str, Any]] | Exception], None]) -> None:
+    async def loop(update: Callable[[list[WorldStatus] | Exception], None]) -> None:
         count = 0
         while iterations is None or count < iterations:
             try:
@@ -181,7 +181,7 @@ def watch_status(
 
     if json_lines:
 
-        def write_line(worlds: list[dict[str, Any]] | Exception) -> None:
+        def write_line(worlds: list[WorldStatus] | Exception) -> None:
             if isinstance(worlds, Exception):
                 log.warning("status: cannot read the database: %s", worlds)
             else:
@@ -198,7 +198,7 @@ def watch_status(
     with Live(console=console, refresh_per_second=4, auto_refresh=False) as live:
         last: RenderableType = Text("")
 
-        def update(worlds: list[dict[str, Any]] | Exception) -> None:
+        def update(worlds: list[WorldStatus] | Exception) -> None:
             nonlocal last
             stamp = Text(f"{datetime.now():%H:%M:%S} · every {interval:g} s · Ctrl-C to stop", style="dim")
             if isinstance(worlds, Exception):

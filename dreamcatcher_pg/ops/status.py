@@ -1,7 +1,8 @@
 """What ``dreamcatcher status`` shows: the facts of each world.
 
-:func:`collect_status` returns one plain dict per world (the ``--json`` output,
-keys documented in docs/operations.md). Rendering them (a rich table, JSON,
+:func:`collect_status` returns one :class:`~dreamcatcher_pg.models.WorldStatus` per
+world (its ``to_dict()`` is the ``--json`` output, keys documented in
+docs/operations.md). Rendering them (a rich table, JSON,
 ``--watch``) is the command's job: :mod:`dreamcatcher_pg.cli.status`.
 """
 
@@ -15,6 +16,7 @@ import orjson
 
 from ..db.connect import connect
 from ..db.queries import query
+from ..models import WorldStatus
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,8 @@ STALE_HEARTBEAT = 30.0
 
 async def collect_status(
     dsn: str, world: str | None = None, *, recent_frames: int = RECENT_FRAMES
-) -> list[dict[str, Any]]:
-    """The facts of every world (or of ``world``), one dict each, sorted by world.
+) -> list[WorldStatus]:
+    """The facts of every world (or of ``world``), one :class:`WorldStatus` each, sorted by world.
 
     Keys: ``world``, ``late_policy``, ``expected_streams``, ``close_after`` (s),
     ``frames_open`` / ``frames_closed`` / ``frames_merged``, ``last_merged``
@@ -49,7 +51,7 @@ async def collect_status(
     """
     conn = await connect(dsn, application_name="dreamcatcher status", map_errors=False)
     try:
-        worlds = []
+        worlds: list[WorldStatus] = []
         for row in await conn.fetch(query("world_status"), world):
             counts = dict(await world_counts(conn, row["world"]))
             lag_seconds = counts.pop("merge_lag_seconds")
@@ -80,7 +82,7 @@ async def collect_status(
             doc["leader_alive"] = holder_pid is not None
             holders = await conn.fetch(query("stuck_writers"), doc["world"])
             doc["fence_holders"] = [fence_holder(r) for r in holders]
-            worlds.append(doc)
+            worlds.append(WorldStatus(**doc))
         return worlds
     finally:
         await conn.close()

@@ -279,11 +279,11 @@ async def test_a_writer_idle_in_its_frame_is_ended_and_the_frame_closes_on_its_o
 
         async def named() -> bool:
             [world] = await collect_status(dsn, VICTIM)
-            return any(h["pid"] == pid and h["stream"] == "sleepy" for h in world["fence_holders"])
+            return any(h["pid"] == pid and h["stream"] == "sleepy" for h in world.fence_holders)
 
         await wait_until(named, timeout=5, what="status to name the idle writer")
         [world] = await collect_status(dsn, VICTIM)
-        holder = next(h for h in world["fence_holders"] if h["pid"] == pid)
+        holder = next(h for h in world.fence_holders if h["pid"] == pid)
         assert holder["state"] == "idle in transaction" and holder["holds"] == ["frame 2"]
         assert holder["session"] == f"dreamcatcher {VICTIM}/sleepy"
         await bystander_merges(dsn)  # the other world does not wait for any of it
@@ -430,4 +430,4 @@ async def test_a_retried_late_delta_is_one_row(dreamcatcher_dsn: str) -> None:
     finally:
         await conn.close()
     [world] = await collect_status(dsn, VICTIM)
-    assert world["late_attempts"] == 7
+    assert world.late_attempts == 7
