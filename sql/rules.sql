@@ -153,3 +153,41 @@ CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint
 LANGUAGE sql AS $$
     SELECT dreamcatcher.merge_frame_with(p_world, p_frame, dreamcatcher.rules_at(p_world, p_frame))
 $$;
+
+-- ---------------------------------------------------------------------------
+-- The items of frames' merges that the rules read as one entity (blame, in the inspector):
+-- every item of the delta keys p_keys of the deltas merged into the frames p_frames, read by the
+-- item reader (rules_<tag>_read_item) of the rule set that merged each frame, kept when it is
+-- entity (p_kind, p_ekey) and has no reason to be quarantined. Only items whose JSON text holds
+-- every text of p_parts are read (a cheap test that spares the readers other entities' items;
+-- empty: no such test). Unordered: the caller sorts in the merge's apply order
+-- (into_frame, frame, utc, stream_id in "C", rank, pos).
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.entity_items(
+    p_world text, p_kind text, p_ekey text, p_frames bigint[], p_keys text[], p_parts text[])
+RETURNS TABLE (into_frame bigint, frame bigint, stream_id text, utc timestamptz, key text,
+               rank integer, pos bigint, data jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT s.tag, array_agg(f.frame) AS frames
+             FROM dreamcatcher.frames f
+             JOIN dreamcatcher.rule_sets s ON s.id = coalesce(f.rules, dreamcatcher.rules_at(f.world, f.frame))
+             WHERE f.world = p_world AND f.frame = ANY (p_frames)
+             GROUP BY s.tag LOOP
+        RETURN QUERY EXECUTE format($q$
+            SELECT d.into_frame, d.frame, d.stream_id, d.utc, k.key, i.rank, x.pos, i.data
+            FROM dreamcatcher.frame_inputs d
+            CROSS JOIN LATERAL jsonb_object_keys(d.payload) AS k(key)
+            CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(d.payload -> k.key))
+                       WITH ORDINALITY AS x(item, pos)
+            CROSS JOIN LATERAL dreamcatcher.%I(k.key, x.item, d.frame, d.stream_id, d.utc, x.pos) i
+            WHERE d.world = $1 AND d.into_frame = ANY ($2) AND k.key = ANY ($3)
+              AND NOT dreamcatcher.is_meta_key(k.key)
+              AND NOT EXISTS (SELECT 1 FROM unnest($4) AS n(part) WHERE strpos(x.item::text, n.part) = 0)
+              AND i.kind = $5 AND i.ekey = $6 AND i.reason IS NULL$q$,
+            'rules_' || r.tag || '_read_item')
+        USING p_world, r.frames, p_keys, p_parts, p_kind, p_ekey;
+    END LOOP;
+END $$;
