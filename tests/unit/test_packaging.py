@@ -93,3 +93,12 @@ def test_the_command_without_the_cli_extra_says_what_to_install() -> None:
         assert done.stdout == ""
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
         assert "pip install 'dreamcatcher-pg[cli]'" in done.stderr
+
+
+def test_the_inspector_without_the_web_extra_says_what_to_install() -> None:
+    argv = ["--dsn", "postgresql://postgres@127.0.0.1:1/nowhere", "web"]  # (fails before any connection)
+    done = python(
+        block(["starlette"]) + f"from dreamcatcher_pg.entry import main\nsys.exit(main({argv!r}))\n"
+    )
+    assert done.returncode == EXIT_MISSING_EXTRA, done.stderr
+    assert done.stderr.count("\n") == 1 and "pip install 'dreamcatcher-pg[web]'" in done.stderr
