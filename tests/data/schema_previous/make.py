@@ -37,7 +37,8 @@ def main(commit: str) -> None:
         "SET standard_conforming_strings = on;",
         compile_rules(rules),
         "INSERT INTO dreamcatcher.rule_sets (id, tag, source, normalized, builtin) VALUES ("
-        f"{lit(rules.id)}, {lit(rules.tag)}, {lit(rules.source)}, {lit(rules.normalized_json())}::jsonb, true)"
+        f"{lit(rules.id)}, {lit(rules.tag)}, {lit(rules.source)},"
+        f" {lit(rules.normalized_json())}::jsonb, true)"
         " ON CONFLICT (id) DO NOTHING;",
         "INSERT INTO dreamcatcher.rule_defaults (only_row, rule_set) VALUES (true, "
         f"{lit(rules.id)}) ON CONFLICT (only_row) DO UPDATE SET rule_set = excluded.rule_set;",
