@@ -266,7 +266,8 @@ async def migrate(conn: asyncpg.Connection, *, force: bool = False) -> MigrateRe
             from .roles import roles_sql
 
             await conn.execute(roles_sql())
-        await record_functions(conn)
+        if plan.pending:  # (up to date: nothing was replaced; an edit stays one until the next migration)
+            await record_functions(conn)
     return MigrateResult(plan.database_version, plan.package_version, plan.pending)
 
 
