@@ -351,3 +351,21 @@ async def test_the_sql_applied_by_another_tool_makes_a_working_database(dreamcat
             assert [m.frame for m in await merger.run_until_idle()] == [1]
         finally:
             await merger.aclose()
+
+
+def test_the_merger_command_stops_on_an_unversioned_database(
+    dreamcatcher_server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"dc_mig_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(dreamcatcher_server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = database_dsn(dreamcatcher_server_dsn, name)
+        assert main(["--dsn", dsn, "init", "--plan"]) == 0
+        assert "no dreamcatcher schema" in capsys.readouterr().out
+        assert main(["--dsn", dsn, "merger", "--world", "w"]) == 1
+        err = capsys.readouterr().err
+        assert "no dreamcatcher schema, this dreamcatcher_pg" in err and "run `dreamcatcher init`" in err
+    finally:
+        with psycopg.connect(dreamcatcher_server_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
