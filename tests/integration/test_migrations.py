@@ -369,3 +369,19 @@ def test_the_merger_command_stops_on_an_unversioned_database(
     finally:
         with psycopg.connect(dreamcatcher_server_dsn, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def test_roles_are_the_package_s_functions_not_edits(dreamcatcher_dsn: str) -> None:
+    from test_roles import cleanup_roles, unique_prefix
+
+    from dreamcatcher_pg.roles import create_roles, role_names
+
+    prefix = unique_prefix()
+    with cleanup_roles([dreamcatcher_dsn], list(role_names(prefix))):
+        await create_roles(dreamcatcher_dsn, prefix=prefix)  # replaces check_writer, among others
+        async with connection(dreamcatcher_dsn) as conn:
+            await conn.execute("DELETE FROM dreamcatcher.schema_version")  # a migration to apply
+            assert len((await migrate(conn)).applied) == VERSION  # no SchemaEditedError
+            assert await conn.fetchval(
+                "SELECT prosecdef FROM pg_proc WHERE oid = 'dreamcatcher.append_delta'::regproc"
+            )  # the roles' SECURITY DEFINER entry points are restored
