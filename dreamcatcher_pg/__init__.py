@@ -13,6 +13,7 @@ from .errors import (
     DreamcatcherError,
     FrameClosedError,
     InvalidDeltaError,
+    SchemaVersionError,
 )
 from .merger import Merger, MergeResult
 from .models import Receipt
@@ -29,6 +30,7 @@ __all__ = [
     "MergeResult",
     "Merger",
     "Receipt",
+    "SchemaVersionError",
     "configure_world",
 ]
 

@@ -23,6 +23,7 @@ The client and the merger call :func:`check_schema_version` once per connection;
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -90,8 +91,9 @@ class Migration:
         return f"{self.version:04d}_{self.name}.sql"
 
 
-def migrations() -> list[Migration]:
-    """Every migration of the package, in order (numbered 1, 2, ... without gaps)."""
+@functools.cache
+def migrations() -> tuple[Migration, ...]:
+    """Every migration of the package, in order (numbered 1, 2, ... without gaps); read once."""
     folder = resources.files("dreamcatcher_pg.sql").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
@@ -101,7 +103,7 @@ def migrations() -> list[Migration]:
     found.sort(key=lambda m: m.version)
     if [m.version for m in found] != list(range(1, len(found) + 1)):
         raise RuntimeError(f"sql/migrations/ is not numbered 1..N: {[m.filename for m in found]}")
-    return found
+    return tuple(found)
 
 
 def package_schema_version() -> int:

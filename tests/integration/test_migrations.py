@@ -385,3 +385,12 @@ async def test_roles_are_the_package_s_functions_not_edits(dreamcatcher_dsn: str
             assert await conn.fetchval(
                 "SELECT prosecdef FROM pg_proc WHERE oid = 'dreamcatcher.append_delta'::regproc"
             )  # the roles' SECURITY DEFINER entry points are restored
+
+
+def test_the_baseline_is_the_previous_release_s_schema_unchanged() -> None:
+    """0001 is what 0.1.0's init applied (after its header): an applied migration is never edited."""
+    baseline = migrations()[0]
+    assert baseline.filename == "0001_baseline.sql"
+    previous = (PREVIOUS / "schema.sql").read_text(encoding="utf-8").split("\n", 1)[1]
+    body = baseline.sql.split("\n-- dreamcatcher_pg schema: the append-only delta log", 1)[1]
+    assert "-- dreamcatcher_pg schema: the append-only delta log" + body == previous
