@@ -28,6 +28,7 @@ from dreamcatcher_pg import DeltaClient, Merger
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.errors import SchemaEditedError, SchemaVersionError
 from dreamcatcher_pg.migrations import (
+    Migration,
     check_schema_version,
     migrate,
     migrations,
@@ -394,3 +395,51 @@ def test_the_baseline_is_the_previous_release_s_schema_unchanged() -> None:
     previous = (PREVIOUS / "schema.sql").read_text(encoding="utf-8").split("\n", 1)[1]
     body = baseline.sql.split("\n-- dreamcatcher_pg schema: the append-only delta log", 1)[1]
     assert "-- dreamcatcher_pg schema: the append-only delta log" + body == previous
+
+
+async def test_a_new_migration_is_applied_alone_and_checked_for(
+    dreamcatcher_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The next release's path: a database at version N, a package with N + 1."""
+    import dreamcatcher_pg.migrations as module
+
+    shipped = migrations()
+    extra = Migration(
+        VERSION + 1,
+        "worlds_note",
+        "ALTER TABLE dreamcatcher.worlds ADD COLUMN note text;\n"
+        "CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint) RETURNS jsonb\n"
+        "LANGUAGE sql AS $$\n"
+        "SELECT dreamcatcher.merge_frame_with(p_world, p_frame, dreamcatcher.rules_at(p_world, p_frame))\n"
+        "$$;\n",
+    )
+    monkeypatch.setattr(module, "migrations", lambda: (*shipped, extra))
+    assert package_schema_version() == VERSION + 1
+    message = rf"database schema is version {VERSION}, this dreamcatcher_pg .* needs {VERSION + 1}: run"
+    with pytest.raises(SchemaVersionError, match=message):
+        async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w"):
+            pass
+    async with connection(dreamcatcher_dsn) as conn:
+        plan = await plan_migrations(conn)
+        assert (plan.state, plan.database_version, plan.pending) == ("older", VERSION, (extra,))
+        assert f"is at version {VERSION}" in plan.describe() and extra.filename in plan.describe()
+        result = await migrate(conn)
+        assert (result.before, result.after, result.applied) == (VERSION, VERSION + 1, (extra,))
+        assert await conn.fetchval("SELECT dreamcatcher.schema_version()") == VERSION + 1
+        assert await conn.fetchval("SELECT to_regclass('dreamcatcher.worlds') IS NOT NULL")
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns"
+                " WHERE table_schema = 'dreamcatcher' AND table_name = 'worlds' AND column_name = 'note'"
+            )
+            == 1
+        )
+        # an applied migration edited afterwards is reported, not applied again
+        await conn.execute(
+            "UPDATE dreamcatcher.schema_version SET checksum = 'x' WHERE version = $1", VERSION
+        )
+        with caplog.at_level("WARNING", logger="dreamcatcher_pg.migrations"):
+            assert (await migrate(conn)).applied == ()
+        assert f"{shipped[-1].filename} was applied from a different file" in caplog.text
+    async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s", world="w") as dc:
+        assert (await dc.insert_delta(1, {"observations": [1]})).status == "stored"
