@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "init",
-        help="create or update the dreamcatcher schema (safe to run twice)",
-        description="Create or update the schema dreamcatcher in the database (keeps the data).",
+        help="create or upgrade the dreamcatcher schema (safe to run twice)",
+        description="Create the schema dreamcatcher, or upgrade it: apply the migrations the database "
+        "has not had, in one transaction (keeps the data; docs/operations.md, Upgrading).",
     )
     p.add_argument(
         "--roles", action="store_true", help="also create the worker, merger and reader roles (docs/roles)"
