@@ -35,9 +35,9 @@ from .errors import (
     InvalidDeltaError,
     map_db_error,
 )
-from .migrations import check_schema_version
 from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
 from .queries import query
+from .schema_version import check_schema_version
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
 log = logging.getLogger(__name__)

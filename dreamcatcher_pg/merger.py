@@ -45,8 +45,8 @@ import asyncpg
 import orjson
 
 from .errors import DRIVER_ERRORS, ConnectionLostError, SchemaVersionError, map_db_error
-from .migrations import check_schema_version
 from .queries import query
+from .schema_version import check_schema_version
 
 log = logging.getLogger(__name__)
 

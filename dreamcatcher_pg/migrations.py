@@ -17,30 +17,54 @@ Functions the package owns are fingerprinted (md5 of their source) after every i
 that would apply migrations refuses (:class:`SchemaEditedError`) when one of them was changed in
 the database since, unless ``force``: a user's edited ``merge_frame`` is never replaced silently.
 
-The client and the merger call :func:`check_schema_version` once per connection;
-:func:`schema_status` is the same check without raising (for readiness probes).
+The version check at connect (:func:`check_schema_version`, :func:`schema_status`) lives in
+:mod:`dreamcatcher_pg.schema_version`, which a worker's client loads without this module.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
-from importlib import resources
-from typing import Literal
 
 import asyncpg
 
-from .errors import DRIVER_ERRORS, SchemaEditedError, SchemaVersionError, map_db_error
+from .errors import SchemaEditedError, SchemaVersionError
+from .schema_version import (
+    Migration,
+    SchemaState,
+    SchemaStatus,
+    check_schema_version,
+    database_state,
+    dreamcatcher_version,
+    migrations,
+    package_schema_version,
+    schema_status,
+    version_message,
+)
+
+__all__ = [
+    "INIT_LOCK_KEY",
+    "MigrateResult",
+    "Migration",
+    "Plan",
+    "SchemaStatus",
+    "check_schema_version",
+    "edited_functions",
+    "migrate",
+    "migrate_database",
+    "migrations",
+    "migrations_sql",
+    "package_schema_version",
+    "plan_database",
+    "plan_migrations",
+    "record_functions",
+    "schema_status",
+]
 
 log = logging.getLogger(__name__)
 
 #: Serialises concurrent ``init`` runs (and ``init --roles``) against one database.
 INIT_LOCK_KEY = 0x64637067_696E6974  # "dcpg" "init"
-
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 #: What records the versions; created before the first migration, never changed by one.
 BOOKKEEPING_SQL = """\
@@ -73,49 +97,6 @@ WHERE p.pronamespace = 'dreamcatcher'::regnamespace AND p.prokind IN ('f', 'p')
   AND p.proname NOT LIKE 'rules\_%'
 """
 
-SchemaState = Literal["current", "older", "newer", "unversioned", "missing"]
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.md5(self.sql.encode()).hexdigest()
-
-    @property
-    def filename(self) -> str:
-        return f"{self.version:04d}_{self.name}.sql"
-
-
-@functools.cache
-def migrations() -> tuple[Migration, ...]:
-    """Every migration of the package, in order (numbered 1, 2, ... without gaps); read once."""
-    folder = resources.files("dreamcatcher_pg.sql").joinpath("migrations")
-    found = []
-    for entry in folder.iterdir():
-        match = _FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"sql/migrations/ is not numbered 1..N: {[m.filename for m in found]}")
-    return tuple(found)
-
-
-def package_schema_version() -> int:
-    """The schema version this dreamcatcher_pg needs: the number of its newest migration."""
-    return len(migrations())
-
-
-def _package_version() -> str:
-    from . import __version__  # (the package imports the client, which imports this module)
-
-    return __version__
-
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -126,7 +107,7 @@ def record_sql(migration: Migration) -> str:
     v = migration.version
     return (
         "INSERT INTO dreamcatcher.schema_version (version, name, checksum, package_version)\n"
-        f"VALUES ({v}, {_lit(migration.name)}, {_lit(migration.checksum)}, {_lit(_package_version())})\n"
+        f"VALUES ({v}, {_lit(migration.name)}, {_lit(migration.checksum)}, {_lit(dreamcatcher_version())})\n"
         "ON CONFLICT (version) DO NOTHING;\n"
         "-- The database's schema version in one cheap call (what clients check when they connect).\n"
         "CREATE OR REPLACE FUNCTION dreamcatcher.schema_version() RETURNS integer\n"
@@ -167,28 +148,14 @@ class Plan:
         return "\n".join(lines)
 
 
-async def _read_state(conn: asyncpg.Connection) -> tuple[SchemaState, int | None]:
-    row = await conn.fetchrow(
-        "SELECT to_regclass('dreamcatcher.schema_version') IS NOT NULL AS versioned,"
-        " to_regclass('dreamcatcher.delta_log') IS NOT NULL AS has_log"
-    )
-    assert row is not None
-    if not row["versioned"]:
-        return ("unversioned" if row["has_log"] else "missing"), None
-    version = await conn.fetchval("SELECT max(version) FROM dreamcatcher.schema_version")
-    if version is None:
-        return ("unversioned" if row["has_log"] else "missing"), None
-    package = package_schema_version()
-    state: SchemaState = "current" if version == package else "older" if version < package else "newer"
-    return state, int(version)
-
-
 async def plan_migrations(conn: asyncpg.Connection) -> Plan:
     """What ``init`` would apply. Raises :class:`SchemaVersionError` when the database is newer."""
-    state, version = await _read_state(conn)
+    state, version = await database_state(conn)
     package = package_schema_version()
     if state == "newer":
-        raise SchemaVersionError(_message(state, version), database_version=version, package_version=package)
+        raise SchemaVersionError(
+            version_message(state, version), database_version=version, package_version=package
+        )
     files = migrations()
     changed: tuple[str, ...] = ()
     if version is not None:
@@ -302,7 +269,7 @@ def migrations_sql(from_version: int = 0) -> str:
     if not 0 <= from_version <= package:
         raise ValueError(f"--from must be a schema version in 0..{package}, not {from_version}")
     parts = [
-        f"-- dreamcatcher_pg {_package_version()}: schema versions {from_version + 1}..{package} "
+        f"-- dreamcatcher_pg {dreamcatcher_version()}: schema versions {from_version + 1}..{package} "
         f"(`dreamcatcher sql --from {from_version}`).",
         "-- Apply it in one transaction. What `dreamcatcher init` does, except that init also refuses to",
         "-- replace functions edited in the database, and compiles item readers for rule sets of old",
@@ -327,75 +294,3 @@ def migrations_sql(from_version: int = 0) -> str:
         "WHERE status = 'merged' AND rules IS NULL;",
     ]
     return "\n".join(parts) + "\n"
-
-
-# -- the check at connect ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SchemaStatus:
-    """The database's schema version against the package's (what a readiness probe reports)."""
-
-    state: SchemaState
-    database_version: int | None
-    package_version: int
-    dreamcatcher_version: str
-    ok: bool
-    message: str
-
-
-def _message(state: SchemaState, version: int | None) -> str:
-    package, mine = package_schema_version(), f"this dreamcatcher_pg {_package_version()}"
-    if state == "current":
-        return f"database schema is version {version}, as {mine} needs"
-    if state == "older":
-        return f"database schema is version {version}, {mine} needs {package}: run `dreamcatcher init`"
-    if state == "newer":
-        return (
-            f"database schema is version {version}, newer than the {package} {mine} knows: "
-            "upgrade dreamcatcher_pg (docs/operations.md, Upgrading)"
-        )
-    if state == "unversioned":
-        return (
-            "database schema has no version (made by dreamcatcher_pg 0.1.0 or earlier), "
-            f"{mine} needs {package}: run `dreamcatcher init`"
-        )
-    return f"database has no dreamcatcher schema, {mine} needs version {package}: run `dreamcatcher init`"
-
-
-async def schema_status(conn: asyncpg.Connection) -> SchemaStatus:
-    """The database's schema version against the package's; never raises for a wrong version
-    (driver errors other than a missing schema do raise, mapped)."""
-    package = package_schema_version()
-    try:
-        version: int | None = await conn.fetchval("SELECT dreamcatcher.schema_version()")
-    except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
-        version = None
-    except DRIVER_ERRORS as exc:
-        raise map_db_error(exc) from exc
-    if version is None:
-        try:
-            state, version = await _read_state(conn)  # why: unversioned, or no schema at all
-        except DRIVER_ERRORS as exc:
-            raise map_db_error(exc) from exc
-    else:
-        state = "current" if version == package else "older" if version < package else "newer"
-    return SchemaStatus(
-        state=state,
-        database_version=version,
-        package_version=package,
-        dreamcatcher_version=_package_version(),
-        ok=state == "current",
-        message=_message(state, version),
-    )
-
-
-async def check_schema_version(conn: asyncpg.Connection) -> int:
-    """The database's schema version; :class:`SchemaVersionError` unless it is the package's."""
-    status = await schema_status(conn)
-    if not status.ok:
-        raise SchemaVersionError(
-            status.message, database_version=status.database_version, package_version=status.package_version
-        )
-    assert status.database_version is not None
-    return status.database_version

@@ -401,7 +401,8 @@ async def test_a_new_migration_is_applied_alone_and_checked_for(
     dreamcatcher_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The next release's path: a database at version N, a package with N + 1."""
-    import dreamcatcher_pg.migrations as module
+    import dreamcatcher_pg.migrations
+    import dreamcatcher_pg.schema_version
 
     shipped = migrations()
     extra = Migration(
@@ -413,7 +414,8 @@ async def test_a_new_migration_is_applied_alone_and_checked_for(
         "SELECT dreamcatcher.merge_frame_with(p_world, p_frame, dreamcatcher.rules_at(p_world, p_frame))\n"
         "$$;\n",
     )
-    monkeypatch.setattr(module, "migrations", lambda: (*shipped, extra))
+    for module in (dreamcatcher_pg.migrations, dreamcatcher_pg.schema_version):
+        monkeypatch.setattr(module, "migrations", lambda: (*shipped, extra))
     assert package_schema_version() == VERSION + 1
     message = rf"database schema is version {VERSION}, this dreamcatcher_pg .* needs {VERSION + 1}: run"
     with pytest.raises(SchemaVersionError, match=message):
