@@ -394,7 +394,12 @@ def test_the_baseline_is_the_previous_release_s_schema_unchanged() -> None:
     assert baseline.filename == "0001_baseline.sql"
     previous = (PREVIOUS / "schema.sql").read_text(encoding="utf-8").split("\n", 1)[1]
     body = baseline.sql.split("\n-- dreamcatcher_pg schema: the append-only delta log", 1)[1]
-    assert "-- dreamcatcher_pg schema: the append-only delta log" + body == previous
+    assert "-- dreamcatcher_pg schema: the append-only delta log" + body == previous, (
+        "sql/migrations/0001_baseline.sql is no longer the schema of 0.1.0 (tests/data/schema_previous/"
+        "schema.sql, commit bdaf6f5). An applied migration is never edited: put the change in a new "
+        "migration. (A merge of a branch that edited sql/schema.sql, merge.sql, rules.sql, "
+        "timetravel.sql or views.sql may have put its edit into either of those two files.)"
+    )
 
 
 async def test_a_new_migration_is_applied_alone_and_checked_for(
