@@ -16,6 +16,7 @@ from .errors import (
     DreamcatcherError,
     FrameClosedError,
     InvalidDeltaError,
+    SchemaVersionError,
 )
 from .merger import Merger, MergeResult
 from .models import Receipt
@@ -35,6 +36,7 @@ __all__ = [
     "MergeResult",
     "Merger",
     "Receipt",
+    "SchemaVersionError",
     "configure_world",
 ]
 

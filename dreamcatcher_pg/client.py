@@ -37,6 +37,7 @@ from .errors import (
 )
 from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
 from .queries import query
+from .schema_version import check_schema_version
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,8 @@ class DeltaClient:
             retries=retries,
         )
         try:
-            if pool is None:
-                await client._connection()  # (a wrong DSN fails here, not at the first insert)
+            async with client._session() as conn:  # (a wrong DSN fails here, not at the first insert)
+                await check_schema_version(conn)  # once per client: SchemaVersionError unless current
             yield client
         finally:
             await client.aclose()

@@ -44,8 +44,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
+from .errors import DRIVER_ERRORS, ConnectionLostError, SchemaVersionError, map_db_error
 from .queries import query
+from .schema_version import check_schema_version
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class Merger:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self.dsn, server_settings=settings)
             self.stats.is_leader = False
+            await check_schema_version(self._conn)  # SchemaVersionError ends run(): see there
         if self._listener is None or self._listener.is_closed():
             self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
             await self._listener.add_listener(WORK_CHANNEL, self._on_notify)
@@ -428,6 +430,9 @@ class Merger:
                 backoff = 0.1
                 await self._sleep(stop, await self._next_wait())
             except asyncio.CancelledError:
+                raise
+            except SchemaVersionError:  # the database is not the one this merger can merge
+                await self.aclose()
                 raise
             except Exception as exc:
                 if self._connection_lost(exc):
