@@ -4,18 +4,21 @@
 transaction where ``copy_begin`` takes the fence of every frame of the batch and
 checks they are open, then COPY writes the rows (several times cheaper for the
 server than an INSERT ... SELECT of the same rows). :func:`receipt` turns one
-answer of the log into a :class:`Receipt` or the error it stands for.
+answer of the log into a :class:`Receipt` or the error it stands for. Both clients
+(async and sync) share what is here, whatever their driver.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import asyncpg
 
 from .db.queries import query
-from .errors import DeltaConflictError, DreamcatcherError, FrameClosedError
-from .models import ACCEPTED, CopyMode, InsertStatus, PreparedDelta, Receipt
+from .errors import DeltaConflictError, DreamcatcherError, FrameClosedError, InvalidDeltaError
+from .models import ACCEPTED, CopyMode, InsertStatus, PreparedDelta, Receipt, prepare_delta
+from .validation import check_batch_limits
 
 #: The columns a batch COPYs into dreamcatcher.delta_log (the others take their defaults).
 COPY_COLUMNS = ("world", "frame", "stream_id", "utc", "payload")
@@ -68,3 +71,72 @@ def receipt(world: str, stream_id: str, delta: PreparedDelta, status: str) -> Re
             stream_id=stream_id,
         )
     raise DreamcatcherError(f"unexpected insert status {status!r} for {key!r}")
+
+
+#: The keys of an item of insert_deltas.
+_ITEM_KEYS = frozenset({"frame", "payload", "utc"})
+
+
+def prepare_batch(
+    deltas: Iterable[Mapping[str, Any]], stream_id: str, limit: int
+) -> list[tuple[PreparedDelta, str]]:
+    """Validate every item of a batch (``{"frame", "payload", "utc"?}``) and its limits; the
+    first invalid one raises :class:`InvalidDeltaError` before anything is sent."""
+    prepared: list[tuple[PreparedDelta, str]] = []
+    for index, item in enumerate(deltas):
+        if type(item) is not dict and not isinstance(item, Mapping):
+            raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
+        if not _ITEM_KEYS.issuperset(item):
+            extra = set(item) - _ITEM_KEYS
+            raise InvalidDeltaError(
+                f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
+            )
+        prepared.append(
+            prepare_delta(
+                item.get("frame"),
+                item.get("payload"),
+                item.get("utc"),
+                stream_id=stream_id,
+                max_payload_bytes=limit,
+            )
+        )
+    if prepared:
+        check_batch_limits([d.frame for d, _ in prepared])
+    return prepared
+
+
+def batch_receipts(
+    world: str, stream_id: str, prepared: list[tuple[PreparedDelta, str]], statuses: list[str]
+) -> list[Receipt]:
+    """The receipts of a batch; the first refused item raises its error, whose ``receipts``
+    attribute lists the items accepted before and after it."""
+    stored = InsertStatus.STORED
+    if len(statuses) == len(prepared) and all(s == stored for s in statuses):  # the common case
+        return [Receipt(world, d.frame, stream_id, d.utc, stored) for d, _ in prepared]
+    receipts: list[Receipt] = []
+    first_error: DreamcatcherError | None = None
+    for (delta, _), status in zip(prepared, statuses, strict=True):
+        try:
+            receipts.append(receipt(world, stream_id, delta, status))
+        except DreamcatcherError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        first_error.receipts = receipts  # type: ignore[attr-defined]
+        raise first_error
+    return receipts
+
+
+def is_merged(world: str, frame: int, row: Mapping[str, Any] | None) -> bool:
+    """From a ``frame_status`` row: True once ``frame`` is merged; :class:`FrameClosedError` when
+    it never will be (no deltas, below the merged frames); False while it may still be."""
+    if row is not None and row["status"] == "merged":
+        return True
+    below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
+    if below_horizon and row is not None and row["status"] is None:
+        raise FrameClosedError(
+            f"frame {frame} of world {world!r} has no deltas and lies below the "
+            "merged frames; it will never be merged",
+            world=world,
+            frame=frame,
+        )
+    return False

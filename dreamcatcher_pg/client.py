@@ -26,21 +26,20 @@ from typing import Any, cast
 
 import asyncpg
 
-from .append import copy_batch, receipt
+from .append import batch_receipts, copy_batch, is_merged, prepare_batch, receipt
 from .db.connect import READ_COMMITTED, connect, create_pool, listen
 from .db.connect import session_settings as connection_settings
 from .db.queries import query
+from .db.schema_version import check_schema_version
 from .errors import (
     DRIVER_ERRORS,
     ConnectionLostError,
-    DreamcatcherError,
     FrameClosedError,
-    InvalidDeltaError,
     map_db_error,
 )
-from .models import CopyMode, InsertStatus, PreparedDelta, Receipt, WorldConfig, prepare_delta
+from .models import CopyMode, PreparedDelta, Receipt, WorldConfig, prepare_delta
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, env_max_payload_bytes
-from .validation import check_batch_limits, check_frame, validate_identity
+from .validation import check_frame, validate_identity
 from .worlds import configure_world
 
 __all__ = ["DeltaClient", "configure_world", "session_settings"]
@@ -48,8 +47,6 @@ __all__ = ["DeltaClient", "configure_world", "session_settings"]
 log = logging.getLogger(__name__)
 
 MERGED_CHANNEL = "dreamcatcher_merged"
-#: The keys of an item of insert_deltas.
-_ITEM_KEYS = frozenset({"frame", "payload", "utc"})
 
 
 def session_settings(world: str, stream_id: str) -> dict[str, str]:
@@ -143,8 +140,8 @@ class DeltaClient:
             retries=retries,
         )
         try:
-            if pool is None:
-                await client._connection()  # (a wrong DSN fails here, not at the first insert)
+            async with client._session() as conn:  # (a wrong DSN fails here, not at the first insert)
+                await check_schema_version(conn)  # once per client: SchemaVersionError unless current
             yield client
         finally:
             await client.aclose()
@@ -232,28 +229,9 @@ class DeltaClient:
         item raises its error; the items stored before and after it stay stored,
         and are listed in the error's ``receipts`` attribute.
         """
-        prepared: list[tuple[PreparedDelta, str]] = []
-        stream_id, limit = self.stream_id, self._max_payload_bytes
-        for index, item in enumerate(deltas):
-            if type(item) is not dict and not isinstance(item, Mapping):
-                raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
-            if not _ITEM_KEYS.issuperset(item):
-                extra = set(item) - _ITEM_KEYS
-                raise InvalidDeltaError(
-                    f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
-                )
-            prepared.append(
-                prepare_delta(
-                    item.get("frame"),
-                    item.get("payload"),
-                    item.get("utc"),
-                    stream_id=stream_id,
-                    max_payload_bytes=limit,
-                )
-            )
+        prepared = prepare_batch(deltas, self.stream_id, self._max_payload_bytes)
         if not prepared:
             return []
-        check_batch_limits([d.frame for d, _ in prepared])
         statuses = await self._copy_batch(prepared) if self._copy_ok else None
         if statuses is None:
             statuses = await self._call(
@@ -264,21 +242,7 @@ class DeltaClient:
                 [d.utc for d, _ in prepared],
                 [t for _, t in prepared],
             )
-        stored = InsertStatus.STORED
-        if len(statuses) == len(prepared) and all(s == stored for s in statuses):  # the common case
-            world = self.world
-            return [Receipt(world, d.frame, stream_id, d.utc, stored) for d, _ in prepared]
-        receipts: list[Receipt] = []
-        first_error: DreamcatcherError | None = None
-        for (delta, _), status in zip(prepared, statuses, strict=True):
-            try:
-                receipts.append(self._receipt(delta, status))
-            except DreamcatcherError as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            first_error.receipts = receipts  # type: ignore[attr-defined]
-            raise first_error
-        return receipts
+        return batch_receipts(self.world, self.stream_id, prepared, statuses)
 
     async def _copy_batch(self, prepared: list[tuple[PreparedDelta, str]]) -> list[str] | None:
         """Append a batch with COPY straight into the log; None when it must take append_deltas.
@@ -394,16 +358,8 @@ class DeltaClient:
                 lost = exc
             else:
                 lost = None
-                if row is not None and row["status"] == "merged":
+                if is_merged(self.world, frame, row):
                     return
-                below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
-                if below_horizon and row is not None and row["status"] is None:
-                    raise FrameClosedError(
-                        f"frame {frame} of world {self.world!r} has no deltas and lies below the "
-                        "merged frames; it will never be merged",
-                        world=self.world,
-                        frame=frame,
-                    )
             wait = poll
             if deadline is not None:
                 remaining = deadline - loop.time()

@@ -45,7 +45,8 @@ import orjson
 
 from .db.connect import READ_COMMITTED, connect
 from .db.queries import query
-from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
+from .db.schema_version import check_schema_version
+from .errors import DRIVER_ERRORS, ConnectionLostError, SchemaVersionError, map_db_error
 from .leader import Leadership
 from .models import MergeResult, MergerStats
 
@@ -107,6 +108,7 @@ class Merger(Leadership):
                 self.dsn, application_name=name, settings=READ_COMMITTED, map_errors=False
             )
             self.stats.is_leader = False
+            await check_schema_version(self._conn)  # SchemaVersionError ends run(): see there
         if self._listener is None or self._listener.is_closed():
             self._listener = await connect(
                 self.dsn, application_name=name, settings=READ_COMMITTED, map_errors=False
@@ -335,6 +337,9 @@ class Merger(Leadership):
                 backoff = 0.1
                 await self._sleep(stop, await self._next_wait())
             except asyncio.CancelledError:
+                raise
+            except SchemaVersionError:  # the database is not the one this merger can merge
+                await self.aclose()
                 raise
             except Exception as exc:
                 if self._connection_lost(exc):

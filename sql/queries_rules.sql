@@ -88,3 +88,8 @@ SELECT x.line FROM (
            jsonb_build_object('from_frame', w.from_frame, 'version', w.rule_set)::text
     FROM dreamcatcher.world_rules w WHERE w.world = $1) x
 ORDER BY x.part, x.k;
+
+-- name: rules_without_item_reader
+-- Rule sets installed before item readers were compiled (their id, source).
+SELECT r.id, r.source FROM dreamcatcher.rule_sets r
+WHERE to_regprocedure(format('dreamcatcher.rules_%s_read_item(text, jsonb, bigint, text, timestamptz, bigint)', r.tag)) IS NULL;

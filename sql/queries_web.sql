@@ -237,25 +237,24 @@ SELECT count(*) FROM dreamcatcher.entity_versions x WHERE x.world = $1 AND x.kin
 
 -- name: web_entity_items
 -- $1 world, $2 kind, $3 key, $4 frames: every item of the deltas merged into those frames that
--- the rules read as this entity, in merge_frame's apply order (frame, utc, stream_id in "C",
--- rule rank, position), each as the rule read it. Only the items of the delta keys $5 are read,
--- and only those whose JSON text holds every text of $6 (the parts of the entity's key; empty:
--- no such filter): a cheap test that spares the rule's reader the items of other entities.
+-- the rules that merged each frame read as this entity, in merge_frame's apply order (frame, utc,
+-- stream_id in "C", rule rank, position), each as the rule read it. Only the items of the delta
+-- keys $5 are read, and only those whose JSON text holds every text of $6 (the parts of the
+-- entity's key; empty: no such filter). See dreamcatcher.entity_items (sql/migrations/).
 SELECT s.into_frame, s.frame, s.stream_id, s.utc, s.key, s.rank, s.pos, s.data::text AS data
-FROM (
-    SELECT d.into_frame, d.frame, d.stream_id COLLATE "C" AS stream_id, d.utc, k.key, r.rank, x.pos, i.data
-    FROM dreamcatcher.frame_inputs d
-    CROSS JOIN LATERAL jsonb_object_keys(d.payload) AS k(key)
-    CROSS JOIN LATERAL (SELECT dreamcatcher.rule_rank(k.key) AS rank) r
-    CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(d.payload -> k.key)) WITH ORDINALITY AS x(item, pos)
-    CROSS JOIN LATERAL dreamcatcher.read_item(k.key, x.item, d.frame, d.stream_id, d.utc, x.pos) i
-    WHERE d.world = $1 AND d.into_frame = ANY ($4::bigint[]) AND k.key = ANY ($5::text[])
-      AND r.rank IS NOT NULL AND NOT dreamcatcher.is_meta_key(k.key)
-      AND NOT EXISTS (SELECT 1 FROM unnest($6::text[]) AS n(part) WHERE strpos(x.item::text, n.part) = 0)
-      AND i.kind = $2 AND i.ekey = $3 AND i.reason IS NULL
-    OFFSET 0  -- read, then sort the few items left
-) s
-ORDER BY s.into_frame, s.frame, s.utc, s.stream_id, s.rank, s.pos;
+FROM dreamcatcher.entity_items($1, $2, $3, $4::bigint[], $5::text[], $6::text[]) s
+ORDER BY s.into_frame, s.frame, s.utc, s.stream_id COLLATE "C", s.rank, s.pos;
+
+-- name: web_frame_rules
+-- $1 world, $2 frames: the rule set that merged each (its id and its source, the TOML applied).
+SELECT f.frame, s.id, s.source
+FROM dreamcatcher.frames f
+JOIN dreamcatcher.rule_sets s ON s.id = coalesce(f.rules, dreamcatcher.rules_at(f.world, f.frame))
+WHERE f.world = $1 AND f.frame = ANY ($2::bigint[]);
+
+-- name: web_rules_at
+-- $1 world, $2 frame: the rule set in effect at the frame (its id and source).
+SELECT s.id, s.source FROM dreamcatcher.rule_sets s WHERE s.id = dreamcatcher.rules_at($1, $2);
 
 -- name: web_quarantine
 -- $1 world: quarantined items, newest first, with an id below $2 (NULL: from the newest), of

@@ -27,7 +27,7 @@ import asyncpg
 
 from ..db.connect import connect
 from ..errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
-from .schema import _INIT_LOCK_KEY
+from .migrations import INIT_LOCK_KEY, record_functions
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,14 @@ async def install_roles(
     try:
         async with conn.transaction():
             await conn.execute("SET LOCAL client_min_messages = warning")
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", INIT_LOCK_KEY)
             if await conn.fetchval("SELECT to_regclass('dreamcatcher.delta_log') IS NULL"):
                 raise DreamcatcherError("the dreamcatcher schema is missing: run `dreamcatcher init` first")
             await conn.execute(roles_sql())
             created = await conn.fetchval(
                 "SELECT dreamcatcher.install_roles($1, $2)", prefix, restrict_lock_functions
             )
+            await record_functions(conn)  # roles.sql replaced check_writer: that is the package's
             locks_open = await conn.fetchval(
                 "SELECT has_function_privilege($1, 'pg_try_advisory_lock(bigint)', 'EXECUTE')", names.worker
             )

@@ -9,7 +9,7 @@ The merge statement's steps are laid out as the hand-written merge had them (see
 from __future__ import annotations
 
 from .compile_merge import accum_step, contents_step, derived_step, family_step, merge_name
-from .compile_read import reader_name, reader_sql
+from .compile_read import item_reader_sql, reader_name, reader_sql
 from .model import Kind, RuleSet
 from .sqltext import dollar_quote, int_list, lit
 
@@ -209,4 +209,4 @@ END
 def compile_rules(rules: RuleSet) -> str:
     """Every function of the rule set, as one script."""
     readers = [reader_sql(rules, k) for k in rules.kinds if k.derived is None]
-    return "\n".join([*readers, merge_sql(rules)])
+    return "\n".join([*readers, item_reader_sql(rules), merge_sql(rules)])

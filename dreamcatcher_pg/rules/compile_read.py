@@ -220,3 +220,31 @@ def reader_sql(rules: RuleSet, kind: Kind) -> str:
         f"CREATE OR REPLACE FUNCTION {name}({args})\nRETURNS {_ENTITY}\n"
         f"LANGUAGE sql IMMUTABLE PARALLEL SAFE AS {dollar_quote(quoted, rules.tag)};\n"
     )
+
+
+def item_reader_name(rules: RuleSet) -> str:
+    return fn_name(rules.tag, "read_item")
+
+
+def item_reader_sql(rules: RuleSet) -> str:
+    """The CREATE FUNCTION of the rule set's item reader: one item of delta key ``p_key`` read as
+    the merge reads it (the kind's reader), with the key's rank in the merge's apply order; no row
+    for a key the rules do not read. Blame (the inspector) reads the log with it."""
+    arms = []
+    for rank, (key, kind, deletes) in enumerate(rules.ranks(), start=1):
+        if deletes or kind.derived is not None:
+            continue
+        fn = reader_name(rules, kind)
+        call = f"{fn}(p_item, p_frame, p_stream, p_utc, p_pos)" if kind.merge == "append" else f"{fn}(p_item)"
+        arms.append(f"SELECT {rank}, r.* FROM {call} r WHERE p_key = {lit(key)}")
+    body = (
+        "\n    UNION ALL ".join(arms)
+        or "SELECT NULL::integer, NULL::text, NULL::text, NULL::jsonb, NULL::text WHERE false"
+    )
+    quoted = "\n    " + body + "\n"
+    return (
+        f"CREATE OR REPLACE FUNCTION {item_reader_name(rules)}(\n"
+        "    p_key text, p_item jsonb, p_frame bigint, p_stream text, p_utc timestamptz, p_pos bigint)\n"
+        "RETURNS TABLE (rank integer, kind text, ekey text, data jsonb, reason text)\n"
+        f"LANGUAGE sql IMMUTABLE PARALLEL SAFE AS {dollar_quote(quoted, rules.tag)};\n"
+    )

@@ -26,8 +26,9 @@ from ..db.connect import ConnOrDsn, connected, transaction
 from ..db.queries import query
 from ..errors import DreamcatcherError
 from .compile import compile_rules
+from .compile_read import item_reader_sql
 from .model import RuleSet
-from .parse import parse_rules
+from .parse import RulesError, parse_rules
 
 
 class RulesApplyError(DreamcatcherError):
@@ -59,9 +60,26 @@ async def install_default(conn: asyncpg.Connection) -> str:
     """Install the default rule set, make it the default; returns its id. In a transaction."""
     rules = default_rules()
     await install_rule_set(conn, rules, builtin=True)
+    await install_item_readers(conn)
     await conn.execute(query("rules_set_default"), rules.id)
     await conn.execute(query("rules_backfill_frames"), rules.id)
     return rules.id
+
+
+async def install_item_readers(conn: asyncpg.Connection) -> int:
+    """Give every rule set installed before item readers existed its item reader (blame reads
+    the log with it); returns how many. A source that no longer compiles to its id is left."""
+    made = 0
+    for row in await conn.fetch(query("rules_without_item_reader")):
+        try:
+            rules = parse_rules(row["source"], "rule_sets")
+        except RulesError:
+            continue
+        if rules.id == row["id"]:
+            await conn.execute("SET LOCAL standard_conforming_strings = on")
+            await conn.execute(item_reader_sql(rules))
+            made += 1
+    return made
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from ..rules.model import RuleSet
 from . import params
 from .api_frames import reader_of
-from .blame import Item, Policy, blame, by_frame, key_parts, policy_for, rule_for
+from .blame import Item, KindRule, Policy, blame, by_frame, key_parts, rule_for, rule_set
 from .changes import field_changes
 from .db import Reader
 from .errors import JSONResponse
@@ -29,13 +30,23 @@ HISTORY_MAX = 200
 Wanted = list[tuple[int, str | None, Any]]
 
 
+async def _rules_at(reader: Reader, world: str, frame: int) -> RuleSet | None:
+    """The rule set in effect at ``frame`` of ``world`` (None: no rules in this database)."""
+    row = await reader.fetchrow("web_rules_at", world, frame)
+    return None if row is None else rule_set(row["id"], row["source"])
+
+
+async def _rules_of_frames(reader: Reader, world: str, frames: set[int]) -> dict[int, RuleSet]:
+    """The rule set that merged each of the frames."""
+    rows = await reader.fetch("web_frame_rules", world, sorted(frames))
+    return {int(r["frame"]): rule_set(r["id"], r["source"]) for r in rows}
+
+
 async def _items(
-    reader: Reader, world: str, kind: str, key: str, frames: set[int], parts: list[str]
+    reader: Reader, world: str, kind: str, key: str, frames: set[int], rule: KindRule, parts: list[str]
 ) -> dict[int, list[Item]]:
     """The items of those frames' merges that the rules read as the entity, by frame."""
-    rows = await reader.fetch(
-        "web_entity_items", world, kind, key, sorted(frames), list(rule_for(kind).keys), parts
-    )
+    rows = await reader.fetch("web_entity_items", world, kind, key, sorted(frames), list(rule.keys), parts)
     return by_frame([
         Item(r["into_frame"], r["frame"], r["stream_id"], r["utc"], r["key"], r["pos"],
              orjson.loads(r["data"]))
@@ -43,21 +54,38 @@ async def _items(
     ])  # fmt: skip
 
 
-async def _blame_all(reader: Reader, world: str, kind: str, key: str, wanted: Wanted) -> list[dict[str, Any]]:
-    """The blame of each wanted field, in order."""
-    policy = policy_for(kind)
-    if policy is Policy.DERIVED or not wanted:
-        return [blame(frame, field, value, {}, policy) for frame, field, value in wanted]
-    parts = key_parts(kind, key)
-    items = await _items(reader, world, kind, key, {frame for frame, _, _ in wanted}, parts)
-    found = [blame(frame, field, value, items, policy) for frame, field, value in wanted]
-    missed = {b["frame"] for b in found if b["delta"] is None}
+async def _items_of(
+    reader: Reader, world: str, kind: str, key: str, frames: set[int], rule: KindRule, wanted: Wanted
+) -> dict[int, list[Item]]:
+    """The items of those frames (merged by one rule set) that may have set the wanted fields."""
+    parts = key_parts(rule, key)
+    items = await _items(reader, world, kind, key, frames, rule, parts)
+    missed = {f for f, field, value in wanted if f in frames and _found(items, f, field, value, rule) is None}
     if parts and missed:
         # a version always has the items that set its fields: should the cheap filter ever miss one
         # (a reader that derives a key part the item's text does not hold as such), read in full
-        items.update(await _items(reader, world, kind, key, missed, []))
-        found = [blame(frame, field, value, items, policy) for frame, field, value in wanted]
-    return found
+        items.update(await _items(reader, world, kind, key, missed, rule, []))
+    return items
+
+
+def _found(items: dict[int, list[Item]], frame: int, field: str | None, value: Any, rule: KindRule) -> Any:
+    return blame(frame, field, value, items, rule.policy)["delta"]
+
+
+async def _blame_all(reader: Reader, world: str, kind: str, key: str, wanted: Wanted) -> list[dict[str, Any]]:
+    """The blame of each wanted field, in order, each by the rules that merged its frame."""
+    if not wanted:
+        return []
+    frame_rules = await _rules_of_frames(reader, world, {frame for frame, _, _ in wanted})
+    rule_of = {frame: rule_for(frame_rules.get(frame), kind) for frame, _, _ in wanted}
+    by_rules: dict[KindRule, set[int]] = {}
+    for frame, rule in rule_of.items():
+        if rule.policy is not Policy.DERIVED:
+            by_rules.setdefault(rule, set()).add(frame)
+    items: dict[int, list[Item]] = {}
+    for rule, frames in by_rules.items():
+        items.update(await _items_of(reader, world, kind, key, frames, rule, wanted))
+    return [blame(frame, field, value, items, rule_of[frame].policy) for frame, field, value in wanted]
 
 
 def _entity_params(request: Request) -> tuple[str, str]:
@@ -77,7 +105,7 @@ async def entity(request: Request) -> JSONResponse:
     if frame is None:
         frame = bounds.last_merged if bounds.last_merged is not None else 0
     bounds.require_merged(frame)
-    policy = policy_for(kind)
+    policy = rule_for(await _rules_at(reader, bounds.world, frame), kind).policy
     doc: dict[str, Any] = {
         "world": bounds.world, "kind": kind, "key": key, "frame": frame,
         "policy": policy.value, "exists": False, "version": None, "fields": [],
@@ -115,7 +143,8 @@ async def history(request: Request) -> JSONResponse:
     kind, key = _entity_params(request)
     before = params.frame(request, "before", required=False)
     limit = params.limit(request, default=HISTORY_PAGE, high=HISTORY_MAX)
-    policy = policy_for(kind)
+    last = bounds.last_merged if bounds.last_merged is not None else 0
+    policy = rule_for(await _rules_at(reader, bounds.world, last if before is None else before), kind).policy
     rows = await reader.fetch("web_entity_versions", bounds.world, kind, key, before, limit + 1)
     total = int(await reader.fetchval("web_entity_version_count", bounds.world, kind, key))
     page = rows[:limit]

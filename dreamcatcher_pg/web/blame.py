@@ -2,10 +2,10 @@
 
 A field's value was set in the frame whose merge made the version where the
 field took that value. Among the items of that merge's deltas that the rules
-read as this entity (``dreamcatcher.read_item`` over every rule key, in
-``merge_frame``'s apply order), the one that set it depends on how the kind
-merges. That is the one table below, :data:`BLAME_POLICY`: when merge rules
-become data, it is read from the world's declared rules instead.
+read as this entity (the rule set's item reader, ``rules_<tag>_read_item``,
+over the kind's delta keys, in the merge's apply order), the one that set it
+depends on how the kind merges: :func:`kind_rule` reads that from the rule set
+that merged the frame (the world's declared rules, or the default ones).
 
 Pure: no I/O (the queries are in ``api_entity``).
 """
@@ -16,11 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from types import MappingProxyType
-from typing import Any, Final
+from functools import lru_cache
+from typing import Any
 
 import orjson
 
+from ..rules.model import Kind, RuleSet
+from ..rules.parse import parse_rules
 from .changes import same_json
 
 
@@ -29,9 +31,9 @@ class Policy(StrEnum):
 
     #: each field last-write-wins: set by the LAST item in apply order carrying it with that value
     LAST = "last"
-    #: append, dedupe (first write wins): set by the FIRST item carrying it
+    #: first write wins (a later copy may only add missing fields): set by the FIRST item carrying it
     FIRST = "first"
-    #: computed by the merge from other entities (books from chapters): set by the frame, no item
+    #: computed by the merge from other entities (a derived kind): set by the frame, no item
     DERIVED = "derived"
 
 
@@ -40,52 +42,65 @@ class KindRule:
     """What blame needs to know of how a kind is merged."""
 
     policy: Policy
-    #: the delta keys whose items the rules read as this kind (sql/merge.sql's readers)
+    #: the delta keys whose items the rules read as this kind
     keys: tuple[str, ...] = ()
-    #: does every item read as an entity hold its key's parts as text (see :func:`key_parts`)?
-    key_in_item: bool = True
+    #: how its entity keys are written (rules.model.Kind.encoding); "none" for a kind not declared
+    encoding: str = "none"
 
 
-#: The kinds of the built-in rules (sql/merge.sql). A kind not listed is blamed to its frame
-#: only. When merge rules become data, this table is read from the world's declared rules.
-KIND_RULES: Final[Mapping[str, KindRule]] = MappingProxyType({
-    "post": KindRule(Policy.LAST, ("posts_created", "posts_updated")),
-    "agent": KindRule(Policy.LAST, ("agents_updated",)),
-    "comment": KindRule(Policy.FIRST, ("comments_added",)),
-    "reaction": KindRule(Policy.FIRST, ("reactions_added",)),
-    "chapter": KindRule(Policy.FIRST, ("chapters",)),
-    # keyed by where the item sits in the log, not by what it holds
-    "observation": KindRule(Policy.FIRST, ("observations",), key_in_item=False),
-    "book": KindRule(Policy.DERIVED, key_in_item=False),  # no item is a book: chapters make it
-})  # fmt: skip
-_UNKNOWN = KindRule(Policy.DERIVED, key_in_item=False)
+_UNKNOWN = KindRule(Policy.DERIVED)
 
 
-def rule_for(kind: str) -> KindRule:
-    return KIND_RULES.get(kind, _UNKNOWN)
+def kind_rule(kind: Kind | None) -> KindRule:
+    """Blame's view of a declared kind. ``sum`` and ``set`` kinds are blamed as last-write-wins:
+    their other fields are, and no single item carries a summed or unioned value (the merge made
+    it), so those fields are blamed to their frame only."""
+    if kind is None or kind.derived is not None:
+        return _UNKNOWN
+    policy = Policy.FIRST if kind.merge in ("first", "append") else Policy.LAST
+    return KindRule(policy, kind.sources, kind.encoding)
 
 
-def policy_for(kind: str) -> Policy:
-    return rule_for(kind).policy
+def rule_for(rules: RuleSet | None, kind: str) -> KindRule:
+    """How ``kind`` merges under ``rules`` (a kind they do not declare: blamed to its frame)."""
+    if rules is None:
+        return _UNKNOWN
+    try:
+        return kind_rule(rules.kind(kind))
+    except KeyError:
+        return _UNKNOWN
 
 
-def key_parts(kind: str, ekey: str) -> list[str]:
+@lru_cache(maxsize=64)
+def rule_set(rule_set_id: str, source: str) -> RuleSet:
+    """The rule set stored under ``rule_set_id`` (its TOML ``source``), parsed once per process:
+    a stored rule set never changes."""
+    return parse_rules(source, f"rule set {rule_set_id[:16]}")
+
+
+def key_parts(rule: KindRule, ekey: str) -> list[str]:
     """Texts that the JSON text of every item read as entity ``ekey`` holds: the values its key is
     made of (a key ``id:X`` holds X; a JSON array key, its elements). Empty when nothing is known
     (a content key, a kind keyed by log position). Only a filter to skip items cheaply: an item
     without them is never this entity; one with them is still read by the rule's reader."""
-    if not rule_for(kind).key_in_item or ekey.startswith("content:"):
-        return []
-    if ekey.startswith("id:"):
-        parts: list[object] = [ekey[3:]]
-    elif ekey.startswith("["):
+    encoding = rule.encoding
+    if encoding == "tagged":
+        if ekey.startswith("content:"):
+            return []
+        if ekey.startswith("key:"):
+            encoding, ekey = "array", ekey[4:]
+        else:
+            encoding, ekey = "text", ekey.partition(":")[2]
+    if encoding == "array":
         try:
             loaded = orjson.loads(ekey)
         except orjson.JSONDecodeError:
             return []
-        parts = loaded if isinstance(loaded, list) else []
-    else:
+        parts: list[object] = loaded if isinstance(loaded, list) else []
+    elif encoding in ("int", "text"):
         parts = [ekey]
+    else:
+        return []
     texts = [p if isinstance(p, str) else orjson.dumps(p).decode() for p in parts if p is not None]
     # a text that JSON escapes would not appear as it is in the item's JSON text: not a filter then
     return [t for t in texts if t and not any(c in '"\\' or ord(c) < 0x20 for c in t)]

@@ -22,7 +22,7 @@ from dc_strategies import RULES, db_settings, json_values, merge, new_world
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dreamcatcher_pg.client import configure_world
+from dreamcatcher_pg import configure_world
 from dreamcatcher_pg.ingest import IngestReport, ingest_directory
 from dreamcatcher_pg.validation import MAX_FRAME
 

@@ -18,7 +18,7 @@ from dc_strategies import RULES, db_settings, merge, new_world
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dreamcatcher_pg.client import configure_world
+from dreamcatcher_pg import configure_world
 from dreamcatcher_pg.validation import MAX_FRAME
 
 #: What the database may answer instead of accepting: out of range (frame, utc), a check of the

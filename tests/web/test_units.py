@@ -10,14 +10,16 @@ import pytest
 
 import dreamcatcher_pg.web
 from dreamcatcher_pg.queries import all_queries
+from dreamcatcher_pg.rules import parse_rules
+from dreamcatcher_pg.rules.store import default_rules
 from dreamcatcher_pg.web.blame import (
-    KIND_RULES,
     Item,
+    KindRule,
     Policy,
     by_frame,
     carries,
     key_parts,
-    policy_for,
+    rule_for,
     setter,
 )
 from dreamcatcher_pg.web.changes import field_changes, same_json
@@ -69,27 +71,66 @@ def test_items_are_grouped_by_the_merge_that_took_them_in_order() -> None:
     assert by_frame([ITEMS[0], late, other, ITEMS[1]]) == {3: [ITEMS[0], late, ITEMS[1]], 4: [other]}
 
 
-def test_every_kind_of_the_built_in_rules_has_a_policy() -> None:
-    # the kinds merge.sql writes ('reaction' is chosen by a CASE, next to 'tally', which is never stored)
-    kinds = set(re.findall(r"'(\w+)'::text", (WEB.parents[1] / "sql" / "merge.sql").read_text())) | {
-        "reaction"
-    }
-    assert {"post", "agent", "comment", "reaction", "chapter", "book", "observation"} <= kinds
-    assert set(KIND_RULES) == kinds
-    assert policy_for("post") is Policy.LAST and policy_for("comment") is Policy.FIRST
-    assert policy_for("book") is Policy.DERIVED and policy_for("a kind of tomorrow") is Policy.DERIVED
+def test_every_kind_of_the_built_in_rules_has_its_policy() -> None:
+    rules = default_rules()
+    expected = {"post": Policy.LAST, "agent": Policy.LAST, "comment": Policy.FIRST, "reaction": Policy.FIRST,
+                "chapter": Policy.FIRST, "book": Policy.DERIVED, "observation": Policy.FIRST}  # fmt: skip
+    assert {k.name: rule_for(rules, k.name).policy for k in rules.kinds} == expected
+    assert rule_for(rules, "post").keys == ("posts_created", "posts_updated")
+    assert rule_for(rules, "a kind of tomorrow").policy is Policy.DERIVED
+    assert rule_for(None, "post").policy is Policy.DERIVED  # no rules in the database: the frame only
+
+
+def test_declared_kinds_are_blamed_by_how_they_merge() -> None:
+    rules = parse_rules(
+        """
+        [kinds.unit]
+        from = ["units"]
+        key = ["id"]
+        merge = "lww"
+        [kinds.vote]
+        from = ["votes"]
+        key = ["target", "voter"]
+        merge = "first"
+        [kinds.finding]
+        from = ["findings"]
+        key = "content"
+        merge = "first"
+        [kinds.event]
+        from = ["events"]
+        merge = "append"
+        [kinds.stock]
+        from = ["stock"]
+        key = ["item"]
+        merge = "sum"
+        fields = ["qty"]
+        """
+    )
+    assert rule_for(rules, "unit") == KindRule(Policy.LAST, ("units",), "text")
+    assert rule_for(rules, "vote") == KindRule(Policy.FIRST, ("votes",), "array")
+    assert rule_for(rules, "finding").policy is Policy.FIRST
+    assert rule_for(rules, "event") == KindRule(Policy.FIRST, ("events",), "position")
+    assert rule_for(rules, "stock").policy is Policy.LAST  # its summed fields: no item carries the sum
+    assert key_parts(rule_for(rules, "vote"), '["p1", "ann"]') == ["p1", "ann"]
+    assert key_parts(rule_for(rules, "finding"), "content:0cc175b9c0f1b6a831c399e269772661") == []
+    assert key_parts(rule_for(rules, "event"), '[1, "s1", 1700000000000000, 2]') == []
 
 
 def test_key_parts_are_texts_every_item_of_the_entity_holds() -> None:
-    assert key_parts("post", "1042") == ["1042"]
-    assert key_parts("agent", "agent-hot") == ["agent-hot"]
-    assert key_parts("comment", "id:c-7") == ["c-7"]
-    assert key_parts("comment", "content:0cc175b9c0f1b6a831c399e269772661") == []
-    assert key_parts("reaction", '["5", "like", null]') == ["5", "like"]
-    assert key_parts("chapter", '["bk", "ada", 3]') == ["bk", "ada", "3"]
-    assert key_parts("observation", '[1, "s1", 1700000000000000, 2]') == []  # keyed by log position
-    assert key_parts("book", "bk") == [] and key_parts("unknown", "k") == []
-    assert key_parts("agent", 'say "hi"') == [] and key_parts("chapter", '["a\\b", "x", 1]') == ["x", "1"]
+    rules = default_rules()
+
+    def parts(kind: str, ekey: str) -> list[str]:
+        return key_parts(rule_for(rules, kind), ekey)
+
+    assert parts("post", "1042") == ["1042"]
+    assert parts("agent", "agent-hot") == ["agent-hot"]
+    assert parts("comment", "id:c-7") == ["c-7"]
+    assert parts("comment", "content:0cc175b9c0f1b6a831c399e269772661") == []
+    assert parts("reaction", '["5", "like", null]') == ["5", "like"]
+    assert parts("chapter", '["bk", "ada", 3]') == ["bk", "ada", "3"]
+    assert parts("observation", '[1, "s1", 1700000000000000, 2]') == []  # keyed by log position
+    assert parts("book", "bk") == [] and parts("unknown", "k") == []
+    assert parts("agent", 'say "hi"') == [] and parts("chapter", '["a\\b", "x", 1]') == ["x", "1"]
 
 
 @pytest.mark.parametrize(
