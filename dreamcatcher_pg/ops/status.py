@@ -49,7 +49,7 @@ async def collect_status(
     ``state``, ``idle_seconds``, ``transaction_seconds``, ``holds``, ``over_limit``: idle
     past the world's ``idle_writer_timeout``, so the merger ends it when it next waits).
     """
-    conn = await connect(dsn, application_name="dreamcatcher status", map_errors=False)
+    conn = await connect(dsn, application_name="dreamcatcher status")
     try:
         worlds: list[WorldStatus] = []
         for row in await conn.fetch(query("world_status"), world):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 
@@ -35,7 +36,7 @@ def run(
     return subprocess.run(
         [sys.executable, "-m", "dreamcatcher_pg", *argv],
         capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
-        env=dict(os.environ),
+        env=dict(os.environ) if env is None else env,
     )  # fmt: skip
 
 
@@ -132,3 +133,78 @@ def test_demo_shows_progress_on_a_terminal(dreamcatcher_dsn: str) -> None:
     assert status == 0, output
     assert "\x1b[" in output  # drawn live: a terminal gets the progress display
     assert "/s" in output  # with a rate
+
+
+# -- which server, exit status, one-line errors ----------------------------------------------------
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """The environment without any server configured (no DREAMCATCHER_* nor PG* variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DREAMCATCHER_", "PG"))}
+    return {**env, **extra}
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dreamcatcher: error: "), lines[0]
+    return lines[0]
+
+
+def test_no_server_configured_is_an_error_not_an_embedded_server(tmp_path: Path) -> None:
+    result = run("status", env=bare_env(HOME=str(tmp_path)))
+    assert result.returncode == 2
+    line = one_line_error(result)
+    for hint in ("--dsn", "DREAMCATCHER_DSN", "PGHOST", "--embedded"):
+        assert hint in line
+    assert not (tmp_path / ".local").exists()  # no embedded server was started behind the user's back
+
+
+def test_an_unreachable_server_is_exit_3_in_one_line() -> None:
+    result = run("--dsn", "postgresql://postgres@127.0.0.1:1/postgres", "status", env=bare_env())
+    assert result.returncode == 3
+    assert "connect" in one_line_error(result)
+
+
+def test_a_missing_database_is_exit_3_in_one_line(dreamcatcher_dsn: str) -> None:
+    missing = urlunsplit(urlsplit(dreamcatcher_dsn)._replace(path="/no_such_database_here"))
+    result = run("status", "--dsn", missing, env=bare_env())
+    assert result.returncode == 3
+    assert "no_such_database_here" in one_line_error(result)
+
+
+def pg_variables(dsn: str) -> dict[str, str]:
+    """The PG* variables that name the server of a ``postgresql://`` DSN (host or socket directory
+    in the authority or in the query, as the test servers' DSNs have them)."""
+    url = urlsplit(dsn)
+    query = dict(parse_qsl(url.query))
+    return {
+        "PGHOST": query.get("host") or url.hostname or "localhost",
+        "PGPORT": query.get("port") or str(url.port or 5432),
+        "PGUSER": url.username or "postgres",
+        "PGDATABASE": url.path.lstrip("/"),
+    }
+
+
+def test_the_libpq_variables_name_the_server(dreamcatcher_dsn: str) -> None:
+    result = run("status", "--json", env=bare_env(**pg_variables(dreamcatcher_dsn)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("[")
+
+
+def test_global_options_work_after_the_command(dreamcatcher_dsn: str) -> None:
+    result = run("status", "--dsn", dreamcatcher_dsn, "--json", "--log-format", "json", "-v", env=bare_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("[")
+    before = run("--dsn", dreamcatcher_dsn, "status", "--json", env=bare_env())
+    assert before.returncode == 0 and before.stdout == result.stdout
+
+
+def test_embedded_only_when_asked_for(tmp_path: Path) -> None:
+    result = run("--embedded", "--data-dir", str(tmp_path / "pgdata"), "dsn", env=bare_env(), timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("postgresql://")
+    assert (tmp_path / "pgdata").is_dir()
+    both = run("--embedded", "--dsn", "postgresql://x@127.0.0.1/x", "dsn", env=bare_env())
+    assert both.returncode == 2 and "--embedded" in one_line_error(both)
