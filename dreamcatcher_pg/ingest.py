@@ -298,6 +298,11 @@ def parse_delta_file(
 # -- reading a directory (blocking I/O) -------------------------------------------
 
 
+def _delta_fields(delta: ParsedDelta) -> dict[str, Any]:
+    """The structured log fields of a line about one delta file."""
+    return {"file": delta.file, "frame": delta.frame, "stream": delta.stream_id}
+
+
 def _safe_text(text: str) -> str:
     """Text PostgreSQL accepts: undecodable file-name bytes and NULs replaced."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "\ufffd")
@@ -430,8 +435,9 @@ async def _append_batch(
         if len(batch) == 1:
             return [f"rejected: {exc}"]
         log.warning(
-            "batch of %d deltas of stream %r refused (%s); appending one by one", len(batch), stream, exc
-        )
+            "batch of %d deltas of stream %r refused (%s); appending one by one", len(batch), stream, exc,
+            extra={"world": world, "stream": stream},
+        )  # fmt: skip
     return [s for d in batch for s in await _append_batch(conn, world, stream, [d])]
 
 
@@ -481,10 +487,12 @@ async def _merge(
             if not pending:
                 return
             if loop.time() >= deadline:
-                log.warning("world %r: frames %s not merged within %ss", world, pending, timeout)
+                log.warning("world %r: frames %s not merged within %ss", world, pending, timeout,
+                            extra={"world": world, "frames": pending})  # fmt: skip
                 return
             if not merger.stats.is_leader:
-                log.info("another merger leads world %r; waiting for frames %s", world, pending)
+                log.info("another merger leads world %r; waiting for frames %s", world, pending,
+                         extra={"world": world, "frames": pending})  # fmt: skip
             await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
     finally:
         await merger.aclose()
@@ -518,14 +526,15 @@ def _account(
             report.conflict += 1
             report.conflicts.append(outcome)
             reason = "ingest: conflict: another delta with this (frame, stream_id, utc) is already stored"
-            log.warning("%s: %s", delta.file, reason)
+            log.warning("%s: %s", delta.file, reason, extra=_delta_fields(delta))
             item = {"file": delta.file, "error": "conflict", "payload": delta.payload}
             rows.append((delta.frame, delta.stream_id, delta.utc, reason, item))
         else:  # "rejected: <the database's message>"
             reason = f"the database refused the delta: {status.removeprefix('rejected: ')}"
             bad.append(Unreadable(delta.file, "rejected", reason, delta.frame, delta.stream_id))
     for u in bad:
-        log.warning("%s: unreadable: %s", u.file, u.reason)
+        log.warning("%s: unreadable: %s", u.file, u.reason,
+                    extra={"file": u.file, "frame": u.frame, "stream": u.stream_id})  # fmt: skip
         report.unreadable.append({"file": u.file, "reason": u.reason})
         details = {"file": u.file, "error": u.code, "size": u.size, "text": u.text}
         rows.append((u.frame, u.stream_id, None, f"ingest: unreadable delta file: {u.reason}", details))
@@ -556,7 +565,7 @@ async def ingest_directory(
     bad = [f for f in files if isinstance(f, Unreadable)]
     for delta in deltas:
         for note in delta.notes:
-            log.warning("%s: %s", delta.file, note)
+            log.warning("%s: %s", delta.file, note, extra=_delta_fields(delta))
             report.notes.append({"file": delta.file, "note": note})
     try:
         conn = await asyncpg.connect(dsn)

@@ -237,6 +237,8 @@ async def replay_verify(
     log.info(
         "replay world=%s frames=%d deltas=%d ok=%s seconds=%.2f",
         world, report.frames, report.deltas, report.ok, report.seconds,
+        extra={"world": world, "frames": report.frames, "deltas": report.deltas, "ok": report.ok,
+               "duration_ms": round(report.seconds * 1000, 1)},
     )  # fmt: skip
     return report
 

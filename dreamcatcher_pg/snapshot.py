@@ -216,7 +216,8 @@ async def export_snapshot(
         len(frames), members["deltas.jsonl"].lines, members["state.jsonl"].lines, size,
         time.perf_counter() - started,
     )  # fmt: skip
-    log.info("exported world=%s frame=%s to %s (%d bytes)", world, frame, path, size)
+    log.info("exported world=%s frame=%s to %s (%d bytes)", world, frame, path, size,
+             extra={"world": world, "frame": frame, "path": str(path), "bytes": size})  # fmt: skip
     return report
 
 
@@ -539,7 +540,8 @@ async def import_snapshot(
         len(frames), int(manifest.counts.get("deltas", 0)), int(manifest.counts.get("entities", 0)),
         path.stat().st_size, time.perf_counter() - started, manifest.world, applied,
     )  # fmt: skip
-    log.info("imported %s into world=%s: %d frames verified", path, target, len(frames))
+    log.info("imported %s into world=%s: %d frames verified", path, target, len(frames),
+             extra={"world": target, "path": str(path), "frames": len(frames)})  # fmt: skip
     return report
 
 
@@ -761,7 +763,10 @@ async def export_dir(
                 report.late += r["late"]
                 if problem is not None:
                     report.not_ingestable.append({"file": name, "reason": problem})
-                    log.warning("%s: ingest will not read it back: %s", name, problem)
+                    log.warning(
+                        "%s: ingest will not read it back: %s", name, problem,
+                        extra={"world": world, "frame": r["frame"], "stream": r["stream_id"]},
+                    )  # fmt: skip
             await asyncio.to_thread(_write_files, directory, files)
             report.files += len(files)
             if on_progress is not None:
@@ -771,6 +776,7 @@ async def export_dir(
         log.warning(
             "world %r: %d late (deferred) deltas go back into their own frame on ingest; "
             "hashes can differ from that frame until the one that merged them", world, report.late,
+            extra={"world": world},
         )  # fmt: skip
     return report
 
