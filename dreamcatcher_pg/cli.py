@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -31,14 +31,11 @@ Command = Callable[[argparse.Namespace, str], int]
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (UTC, ISO 8601), level, logger, msg, plus fields.
 
-    Fields: the ``key=value`` pairs of the message (the merger's per-merge line
-    ``merged world=w frame=7 deltas=12 ... duration_ms=3.1`` gives ``world``,
-    ``frame``, ``deltas``, ``duration_ms``, ... with numbers as numbers) and any
-    ``extra={...}`` the caller passed.
+    Fields: whatever the call site passed as ``extra={...}`` (the library passes
+    ``world``, ``frame``, ``stream``, ``duration_ms``, ... on every line about them),
+    with their types: the message text is never parsed.
     """
 
-    _PAIR = re.compile(r"(?:^|\s)([a-z_][a-z0-9_]*)=(\S+)")
-    _TEXT = frozenset({"world", "stream", "stream_id", "holder"})  # names, even when they look numeric
     _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
     def format(self, record: logging.LogRecord) -> str:
@@ -49,23 +46,12 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": msg,
         }
-        for key, value in self._PAIR.findall(msg):
-            doc.setdefault(key, value if key in self._TEXT or key.endswith("hash") else _scalar(value))
         for key, value in record.__dict__.items():
             if key not in self._RESERVED and not key.startswith("_"):
                 doc.setdefault(key, value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
-
-
-def _scalar(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def configure_logging(fmt: str, verbose: int, *, service: bool = False) -> None:
@@ -174,13 +160,27 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
             leader_timeout=settings.leader_timeout if args.leader_timeout is None else args.leader_timeout,
             stop=stop,
             metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
         )
 
     asyncio.run(run())
     return 0
 
 
+def cmd_healthcheck(args: argparse.Namespace, dsn: str) -> int:
+    from .health import HealthCode, check_health
+
+    dsn = args.dsn or Settings.from_env().dsn or ""
+    if not dsn:  # a health check never starts an embedded server of its own
+        print("unhealthy: no database given (--dsn or DREAMCATCHER_DSN)")
+        return int(HealthCode.DATABASE)
+    report = asyncio.run(check_health(dsn, args.world, max_lag=args.max_lag, timeout=args.timeout))
+    print(report.message)
+    return int(report.code)
+
+
 def cmd_status(args: argparse.Namespace, dsn: str) -> int:
+    from .health import check_health
     from .status import collect_status, render_status, status_json, watch_status
 
     if args.watch:
@@ -190,6 +190,10 @@ def cmd_status(args: argparse.Namespace, dsn: str) -> int:
                 write=lambda line: print(line, flush=True),
             )  # fmt: skip
         return 0
+    health = asyncio.run(check_health(dsn, args.world, max_lag=args.max_lag))
+    if health.code in (1, 2):  # no database, no schema: nothing to show
+        print(f"dreamcatcher: {health.message}", file=sys.stderr)
+        return int(health.code)
     worlds = asyncio.run(collect_status(dsn, args.world))
     if args.json:
         print(status_json(worlds))
@@ -198,7 +202,9 @@ def cmd_status(args: argparse.Namespace, dsn: str) -> int:
 
         console = Console()
         console.print(render_status(worlds, console.width))
-    return 0
+    if not health.healthy:  # the same rules and exit codes as `dreamcatcher healthcheck`
+        print(f"dreamcatcher: {health.message}", file=sys.stderr)
+    return int(health.code)
 
 
 # -- parser ---------------------------------------------------------------------
@@ -227,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format",
         choices=["text", "json"],
         default=None,
-        help="log lines on stderr: text, or json (one object per line, the merge line's "
-        "world/frame/deltas/duration_ms as fields) (default: $DREAMCATCHER_LOG_FORMAT or text)",
+        help="log lines on stderr: text, or json (one object per line, with the line's "
+        "world/frame/stream/duration_ms/... as fields) (default: $DREAMCATCHER_LOG_FORMAT or text)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -318,7 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: any free port); off by default",
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics, and /healthz and /readyz "
+        "(0: any free port); off by default",
+    )
+    p.add_argument(
+        "--metrics-address",
+        metavar="ADDRESS",
+        default=os.environ.get("DREAMCATCHER_METRICS_ADDRESS") or None,
+        help="address the metrics port listens on (default: $DREAMCATCHER_METRICS_ADDRESS or 127.0.0.1, "
+        "this host only; 0.0.0.0 or :: for every interface, as in a container)",
     )
     p.set_defaults(func=cmd_merger)
 
@@ -328,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each world: frames open/closed/merged, the last merged frame and its "
         "deltas, merge lag (closed frames waiting, and for how long), the open frame's streams "
         "against the expected ones, late attempts, quarantined items, delta keys no rule reads, "
-        "and the leader merger with its heartbeat.",
+        "and the leader merger with its heartbeat. Exits like `dreamcatcher healthcheck`: 0 when "
+        "every world is healthy, else the code of the worst problem (docs/operations.md).",
     )
     p.add_argument("--world", help="only this world")
     p.add_argument(
@@ -336,7 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a JSON array, one object per world (with --watch: one array per line)",
     )
-    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (then exit 0)")
+    p.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="SECONDS",
+        help="also exit 4 when a world's oldest closed frame has waited longer than this",
+    )
     p.add_argument(
         "--interval",
         type=float,
@@ -345,6 +366,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="--watch refresh interval (default 1.0)",
     )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "healthcheck",
+        help="exit 0 when the database, the schema and every world's merger are healthy",
+        description="Check the database (reachable, the login accepted), the schema (present and "
+        "current), and for each world (or --world) that a merger holds its leader lock and sent a "
+        "heartbeat within its leader timeout, and with --max-lag that no closed frame waits longer. "
+        "Prints one line saying why. Exit codes: 0 healthy, 1 database unreachable or login refused, "
+        "2 schema missing or not current, 3 a world without a live leader (or --world unknown), "
+        "4 merge lag over --max-lag; the lowest applies when several do. Never starts an embedded server.",
+    )
+    p.add_argument("--world", help="only this world (default: every world)")
+    p.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="SECONDS",
+        help="unhealthy (4) when a world's oldest closed, unmerged frame is older than this "
+        "(default: not checked)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to connect and to run each query before the database counts as unreachable (default 5)",
+    )
+    p.set_defaults(func=cmd_healthcheck, needs_dsn=False)
 
     from . import demo, ingest, timetravel
     from .rules import cli as rules_cli

@@ -113,6 +113,10 @@ class Merger:
         #: the sessions found holding this world's fences the last time a close or claim waited
         self.stuck: list[dict[str, Any]] = []
         self._stuck_checked = 0.0
+        #: when run()'s loop last completed an iteration (time.monotonic()), and the error of the
+        #: last one that failed (None after one that worked): /healthz and /readyz read them
+        self.loop_at: float | None = None
+        self.loop_error: str | None = None
 
     # -- connections --
 
@@ -151,7 +155,8 @@ class Merger:
         if not self.stats.is_leader:
             self.stats.is_leader = bool(await self._conn.fetchval(query("try_leader_lock"), self.world))
             if self.stats.is_leader:
-                log.info("merger %s leads world %r", self.holder, self.world)
+                log.info("merger %s leads world %r", self.holder, self.world,
+                         extra={"world": self.world, "holder": self.holder})  # fmt: skip
                 await self._heartbeat()
         return self.stats.is_leader
 
@@ -184,7 +189,7 @@ class Merger:
                     self.leader_timeout,
                 )  # fmt: skip
             except DRIVER_ERRORS as exc:  # the run loop sees a broken connection itself
-                log.debug("heartbeat of world %r not sent: %s", self.world, exc)
+                log.debug("heartbeat of world %r not sent: %s", self.world, exc, extra={"world": self.world})
 
     def _start_beats(self) -> None:
         if self._beats is None or self._beats.done():
@@ -225,6 +230,7 @@ class Merger:
             "leader %s of world %r (backend %s) has sent no heartbeat for %.1fs (leader_timeout %.1fs): "
             "ending its session",
             row["holder"] or "?", self.world, pid, row["silent_for"], self.leader_timeout,
+            extra={"world": self.world, "holder": row["holder"], "pid": pid, "silent_for": row["silent_for"]},
         )  # fmt: skip
         try:
             ended = await self._conn.fetchval(query("end_silent_leader"), self.world, self.leader_timeout)
@@ -233,7 +239,7 @@ class Merger:
                 "cannot end the session of the silent leader of world %r (%s): run the mergers under "
                 "one login, or members of the merger role of `dreamcatcher init --roles` (run as a "
                 "superuser), or grant pg_signal_backend",
-                self.world, exc,
+                self.world, exc, extra={"world": self.world},
             )  # fmt: skip
             return None
         return int(ended) if ended is not None else None
@@ -268,11 +274,15 @@ class Merger:
                     "world %r frame %s is due (%s) but inserts still hold it open after %.1fs "
                     "(backends %s; a worker idle in its transaction?): trying again later",
                     self.world, row["frame"], row["reason"], self.close_wait, holders or "?",
+                    extra={"world": self.world, "frame": row["frame"], "reason": row["reason"]},
                 )  # fmt: skip
                 await self.end_stuck_writers(waited=True)
                 continue
             if status == "closed":
-                log.info("world %r frame %s closed (%s)", self.world, row["frame"], row["reason"])
+                log.info(
+                    "world %r frame %s closed (%s)", self.world, row["frame"], row["reason"],
+                    extra={"world": self.world, "frame": row["frame"], "reason": row["reason"]},
+                )  # fmt: skip
                 closed.append(int(row["frame"]))
         self.stats.frames_closed += len(closed)
         return closed
@@ -306,7 +316,7 @@ class Merger:
                 "world %r: cannot end the idle sessions that hold its fences (%s): run the merger as "
                 "the workers' login, or as a member of the merger role of `dreamcatcher init --roles`, "
                 "or grant it pg_signal_backend",
-                self.world, exc,
+                self.world, exc, extra={"world": self.world},
             )  # fmt: skip
             return []
         for w in ended:
@@ -344,7 +354,7 @@ class Merger:
                 # they commit a new frame): end it if it is idle past the limit, else try later
                 log.warning(
                     "world %r: the claim of the next frame waited %.1fs for the world lock; trying later",
-                    self.world, self.close_wait,
+                    self.world, self.close_wait, extra={"world": self.world},
                 )  # fmt: skip
                 await self.end_stuck_writers(waited=True)
                 break
@@ -370,6 +380,9 @@ class Merger:
                 "merged world=%s frame=%s deltas=%s changes=%s quarantined=%s duration_ms=%.1f hash=%s",
                 self.world, frame, result.deltas, stats["changes"], stats["quarantined"],
                 seconds * 1000, result.state_hash,
+                extra={"world": self.world, "frame": result.frame, "deltas": result.deltas,
+                       "changes": stats["changes"], "quarantined": stats["quarantined"],
+                       "duration_ms": round(seconds * 1000, 3), "hash": result.state_hash},
             )  # fmt: skip
             if self.on_merged is not None:
                 self.on_merged(result)
@@ -412,39 +425,77 @@ class Merger:
         """
         stop = stop or asyncio.Event()
         backoff = 0.1
+        self.loop_at, self.loop_error = time.monotonic(), "not connected yet"
         log.info("merger %s for world %r started; standing by until it holds the leader lock",
-                 self.holder, self.world)  # fmt: skip
+                 self.holder, self.world, extra={"world": self.world, "holder": self.holder})  # fmt: skip
         while not stop.is_set():
             try:
                 if not await self.try_lead():
                     await self._stop_beats()
                     if await self.end_silent_leader() is not None:
                         continue  # its lock is free: take it now
+                    self._loop_done(None)
                     await self._sleep(stop, self.poll_interval)  # standby
                     continue
                 self._start_beats()
                 self._wakeup.clear()
                 await self.tick()
                 backoff = 0.1
-                await self._sleep(stop, await self._next_wait())
+                wait = await self._next_wait()
+                self._loop_done(None)
+                await self._sleep(stop, wait)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if self._connection_lost(exc):
                     self.stats.reconnects += 1
-                    log.warning("merger lost its connection (%s); reconnecting in %.1fs", exc, backoff)
+                    log.warning("merger of world %r lost its connection (%s); reconnecting in %.1fs",
+                                self.world, exc, backoff, extra={"world": self.world})  # fmt: skip
                 elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                     self.stats.errors += 1
                     err = map_db_error(exc)
-                    log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff)
+                    log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff,
+                              extra={"world": self.world})  # fmt: skip
                 else:  # not the database's: log the traceback, and carry on all the same
                     self.stats.errors += 1
-                    log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff)
+                    log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff,
+                                  extra={"world": self.world})  # fmt: skip
+                self._loop_done(f"{type(exc).__name__}: {exc}")
                 await self._stop_beats()
                 await self._disconnect()
                 await self._sleep(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         await self.aclose()
+        self.loop_at = None  # stopped: /healthz says so
+
+    def _loop_done(self, error: str | None) -> None:
+        self.loop_at, self.loop_error = time.monotonic(), error
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a completed loop iteration after which /healthz calls this merger stalled:
+        its leader timeout (30 s when it has none), and at least three poll intervals."""
+        timeout = self.leader_timeout if self.leader_timeout is not None else DEFAULT_LEADER_TIMEOUT
+        return max(timeout, 3 * self.poll_interval)
+
+    def loop_state(self) -> dict[str, Any]:
+        """For /healthz and /readyz (from any thread): role (leader, standby, failing, stopped),
+        seconds since the loop last completed an iteration, whether that is within :attr:`stale_after`."""
+        at, error = self.loop_at, self.loop_error
+        age = None if at is None else max(0.0, time.monotonic() - at)
+        if at is None:
+            role = "stopped"
+        elif error is not None:
+            role = "failing"
+        else:
+            role = "leader" if self.stats.is_leader else "standby"
+        return {
+            "role": role,
+            "alive": age is not None and age <= self.stale_after,
+            "loop_age_seconds": age,
+            "stale_after_seconds": self.stale_after,
+            "error": error,
+        }
 
     def _connection_lost(self, exc: BaseException) -> bool:
         """Did ``exc`` come from a connection that broke (rather than from a failed merge)?"""
@@ -493,12 +544,13 @@ async def run_mergers(
     leader_timeout: float | None = DEFAULT_LEADER_TIMEOUT,
     stop: asyncio.Event | None = None,
     metrics_port: int | None = None,
+    metrics_address: str | None = None,
 ) -> None:
     """Run one merger per world until ``stop`` is set (optionally serving metrics)."""
     stop = stop or asyncio.Event()
     mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
     if metrics_port is not None:
-        from .metrics import start_metrics_server
+        from .metrics import DEFAULT_METRICS_ADDRESS, start_metrics_server
 
-        start_metrics_server(metrics_port, mergers)
+        start_metrics_server(metrics_port, mergers, addr=metrics_address or DEFAULT_METRICS_ADDRESS)
     await asyncio.gather(*(m.run(stop) for m in mergers))
