@@ -263,3 +263,37 @@ def readiness(mergers: Sequence[LoopLike], schema: SchemaState | None) -> tuple[
         "worlds": doc["worlds"],
         "schema": schema_doc,
     }
+
+
+# -- a probe for container health checks ---------------------------------------------
+
+#: What ``python3 -m dreamcatcher_pg.health`` probes unless given a URL (the image's HEALTHCHECK).
+DEFAULT_PROBE_URL = "http://127.0.0.1:9464/healthz"
+
+
+def probe(url: str, *, timeout: float = 4.0) -> int:
+    """GET ``url`` (``/healthz`` or ``/readyz``): 0 on 200, else 1; prints the body or the error.
+
+    ``python3 -m dreamcatcher_pg.health [URL]`` (default ``$DREAMCATCHER_HEALTH_URL`` or
+    :data:`DEFAULT_PROBE_URL`): the Dockerfile's HEALTHCHECK, with no curl in the image.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            print(response.read().decode(errors="replace").strip())
+            return 0 if response.status == 200 else 1
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
+    except (OSError, ValueError) as exc:
+        print(f"{url}: {exc}")
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover - run by the image's HEALTHCHECK
+    import os
+    import sys
+
+    default = os.environ.get("DREAMCATCHER_HEALTH_URL", DEFAULT_PROBE_URL)
+    sys.exit(probe(sys.argv[1] if len(sys.argv) > 1 else default))
