@@ -189,6 +189,10 @@ def test_compose_stack_merges_frames_and_serves_metrics(
     assert http_status(f"{base}/healthz") == 200
     assert http_status(f"{base}/readyz") == 200
     assert http_status(f"{base}/nothing-here") == 404
+    # the image's own HEALTHCHECK command (the compose file probes /readyz instead): /healthz
+    probe = subprocess.run([*compose, "exec", "-T", "merger", "python3", "-m", "dreamcatcher_pg.health"],
+                           env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert probe.returncode == 0 and '"status":"ok"' in probe.stdout, (probe.stdout, probe.stderr)
     argv = ["dreamcatcher", "healthcheck", "--world", "fleet", "--max-lag", "60"]
     check = subprocess.run([*compose, "exec", "-T", "merger", *argv],
                            env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
