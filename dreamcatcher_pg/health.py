@@ -229,12 +229,17 @@ def liveness(mergers: Sequence[LoopLike]) -> tuple[bool, dict[str, Any]]:
     """``/healthz``: every merger's loop completed an iteration within its ``stale_after``."""
     worlds = {m.world: m.loop_state() for m in mergers}
     stalled = [w for w, s in worlds.items() if not s["alive"]]
-    if stalled:
-        reason = "merge loop stalled: " + ", ".join(
-            f"world {w!r} ({worlds[w]['loop_age_seconds']:.1f}s since its last iteration, "
-            f"limit {worlds[w]['stale_after_seconds']:g}s)"
-            for w in stalled
+
+    def why(state: dict[str, Any]) -> str:
+        if state["loop_age_seconds"] is None:
+            return "its loop is not running"
+        return (
+            f"{state['loop_age_seconds']:.1f}s since its last iteration, "
+            f"limit {state['stale_after_seconds']:g}s"
         )
+
+    if stalled:
+        reason = "merge loop stalled: " + ", ".join(f"world {w!r} ({why(worlds[w])})" for w in stalled)
     else:
         reason = "merge loops alive" if worlds else "no merger in this process"
     return not stalled, {"status": "ok" if not stalled else "stalled", "reason": reason, "worlds": worlds}
@@ -246,7 +251,9 @@ def readiness(mergers: Sequence[LoopLike], schema: SchemaState | None) -> tuple[
     problems = [] if alive else [doc["reason"]]
     for world, state in doc["worlds"].items():
         if state["role"] == "failing":
-            problems.append(f"world {world!r}: {state['error'] or 'not connected yet'}")
+            problems.append(f"world {world!r}: {state['error']}")
+        elif state["role"] in ("starting", "stopped"):
+            problems.append(f"world {world!r}: merger {state['role']}")
     checked = schema.get() if schema is not None else None
     if checked is None:
         problems.append("schema not checked yet")

@@ -113,9 +113,11 @@ class Merger:
         #: the sessions found holding this world's fences the last time a close or claim waited
         self.stuck: list[dict[str, Any]] = []
         self._stuck_checked = 0.0
-        #: when run()'s loop last completed an iteration (time.monotonic()), and the error of the
-        #: last one that failed (None after one that worked): /healthz and /readyz read them
+        #: when run()'s loop started or last completed an iteration (time.monotonic(); None: not
+        #: running), the iterations completed, and the error of the last one if it failed (None
+        #: after one that worked): /healthz and /readyz read them (loop_state())
         self.loop_at: float | None = None
+        self.loop_iterations = 0
         self.loop_error: str | None = None
 
     # -- connections --
@@ -425,7 +427,8 @@ class Merger:
         """
         stop = stop or asyncio.Event()
         backoff = 0.1
-        self.loop_at, self.loop_error = time.monotonic(), "not connected yet"
+        self.loop_error, self.loop_iterations = None, 0
+        self.loop_at = time.monotonic()
         log.info("merger %s for world %r started; standing by until it holds the leader lock",
                  self.holder, self.world, extra={"world": self.world, "holder": self.holder})  # fmt: skip
         while not stop.is_set():
@@ -469,7 +472,10 @@ class Merger:
         self.loop_at = None  # stopped: /healthz says so
 
     def _loop_done(self, error: str | None) -> None:
-        self.loop_at, self.loop_error = time.monotonic(), error
+        # loop_at last: a reader (another thread) that sees the new time sees the rest too
+        self.loop_error = error
+        self.loop_iterations += 1
+        self.loop_at = time.monotonic()
 
     @property
     def stale_after(self) -> float:
@@ -479,17 +485,22 @@ class Merger:
         return max(timeout, 3 * self.poll_interval)
 
     def loop_state(self) -> dict[str, Any]:
-        """For /healthz and /readyz (from any thread): role (leader, standby, failing, stopped),
-        seconds since the loop last completed an iteration, whether that is within :attr:`stale_after`."""
-        at, error = self.loop_at, self.loop_error
+        """For /healthz and /readyz (from any thread): role (starting: no iteration completed yet,
+        leader, standby, failing: the last iteration failed, stopped), seconds since the loop last
+        completed an iteration (or started), whether that is within :attr:`stale_after`."""
+        at = self.loop_at
+        error, iterations = self.loop_error, self.loop_iterations
         age = None if at is None else max(0.0, time.monotonic() - at)
         if at is None:
             role = "stopped"
+        elif iterations == 0:
+            role = "starting"
         elif error is not None:
             role = "failing"
         else:
             role = "leader" if self.stats.is_leader else "standby"
         return {
+            "holder": self.holder,
             "role": role,
             "alive": age is not None and age <= self.stale_after,
             "loop_age_seconds": age,

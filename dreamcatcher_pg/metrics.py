@@ -447,9 +447,14 @@ def make_app(
         if path == "/metrics":
             return list(metrics_app(environ, start_response))
         if path in ("/healthz", "/readyz"):
-            ok, doc = liveness(mergers) if path == "/healthz" else readiness(mergers, schema)
+            try:
+                ok, doc = liveness(mergers) if path == "/healthz" else readiness(mergers, schema)
+                status = "200 OK" if ok else "503 Service Unavailable"
+            except Exception as exc:  # a bug of ours: say so, as JSON, and log it once per request
+                log.exception("%s failed", path)
+                doc = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+                status = "500 Internal Server Error"
             body = orjson.dumps(doc) + b"\n"
-            status = "200 OK" if ok else "503 Service Unavailable"
             kind = "application/json"
         else:
             body = f"not found; this port serves {', '.join(PATHS)}\n".encode()

@@ -24,8 +24,9 @@ from helpers import at, connection, wait_until
 
 from dreamcatcher_pg import DeltaClient, Merger, configure_world
 from dreamcatcher_pg.cli import main
-from dreamcatcher_pg.health import HealthCode, check_health
+from dreamcatcher_pg.health import HealthCode, check_health, liveness, probe, readiness
 from dreamcatcher_pg.metrics import MetricsServer, start_metrics_server
+from dreamcatcher_pg.testing import database_dsn
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -61,6 +62,12 @@ async def leads(merger: Merger) -> bool:
     return merger.stats.is_leader
 
 
+async def ready(port: int, role: str) -> bool:
+    """/readyz answers 200 and the world w's merger has this role."""
+    status, body = await aget(port, "/readyz")
+    return status == 200 and json.loads(body)["worlds"]["w"]["role"] == role
+
+
 @contextlib.asynccontextmanager
 async def serving(merger: Merger) -> AsyncIterator[tuple[Merger, MetricsServer]]:
     """``merger`` running in this loop, with its metrics port on 127.0.0.1 (any free port)."""
@@ -81,6 +88,10 @@ async def test_healthcheck_exit_codes(dreamcatcher_dsn: str, capsys: pytest.Capt
     code, line = await healthcheck(capsys, UNREACHABLE)
     assert code == HealthCode.DATABASE == 1, line
     assert line.startswith("unhealthy: cannot connect to the database")
+
+    # 1: the server answers but refuses us (here: a database that does not exist)
+    code, line = await healthcheck(capsys, database_dsn(dsn, "no_such_database"))
+    assert code == 1 and "cannot connect to the database: InvalidCatalogNameError" in line, line
 
     # no worlds yet: healthy
     code, line = await healthcheck(capsys, dsn)
@@ -189,11 +200,6 @@ async def test_healthz_and_readyz_leader_standby_and_a_stalled_loop(dreamcatcher
         await wait_until(lambda: leads(leader), timeout=10, what="the first merger leads")
         standby = Merger(dsn, "w", poll_interval=0.05, leader_timeout=3.0, name="standby")
         async with serving(standby) as (_, sserver):
-
-            async def ready(port: int, role: str) -> bool:
-                status, body = await aget(port, "/readyz")
-                return status == 200 and json.loads(body)["worlds"]["w"]["role"] == role
-
             await wait_until(
                 lambda: ready(lserver.port, "leader"), timeout=15, what="leader ready", interval=0.1
             )
@@ -242,8 +248,13 @@ async def test_healthz_and_readyz_leader_standby_and_a_stalled_loop(dreamcatcher
             )
             assert (await aget(lserver.port, "/healthz"))[0] == 200
 
-    # both stopped: their loops no longer run
+    # both stopped: their loops no longer run, and the checks say so (no merger running: 503)
     assert leader.loop_state()["role"] == "stopped" and leader.loop_state()["alive"] is False
+    ok, doc = liveness([leader])
+    assert not ok and doc["reason"] == "merge loop stalled: world 'w' (its loop is not running)", doc
+    ok, doc = readiness([leader], None)
+    assert not ok and "world 'w': merger stopped" in doc["reason"], doc
+    assert "schema not checked yet" in doc["reason"], doc
 
 
 async def test_readyz_says_the_schema_is_missing(dreamcatcher_dsn: str) -> None:
@@ -253,14 +264,22 @@ async def test_readyz_says_the_schema_is_missing(dreamcatcher_dsn: str) -> None:
 
         async def schema_reported() -> bool:
             status, body = await aget(server.port, "/readyz")
-            return status == 503 and "schema dreamcatcher does not exist" in json.loads(body)["reason"]
+            doc = json.loads(body)
+            failing = doc["worlds"]["w"]["role"] == "failing"  # its queries fail too
+            return status == 503 and failing and "schema dreamcatcher does not exist" in doc["reason"]
 
         await wait_until(schema_reported, timeout=15, what="/readyz names the missing schema", interval=0.1)
         _, body = await aget(server.port, "/readyz")
         doc = json.loads(body)
         assert doc["schema"]["ok"] is False
-        assert doc["worlds"]["w"]["role"] == "failing"  # its queries fail too
+        assert "dreamcatcher" in doc["worlds"]["w"]["error"], doc  # InvalidSchemaNameError, ...
         assert (await aget(server.port, "/healthz"))[0] == 200  # but its loop is alive, retrying
+
+        # the container probe (the image's HEALTHCHECK): 0 for 200, 1 for 503 or no answer
+        base = f"http://127.0.0.1:{server.port}"
+        assert await asyncio.to_thread(probe, f"{base}/healthz") == 0
+        assert await asyncio.to_thread(probe, f"{base}/readyz") == 1
+        assert await asyncio.to_thread(probe, f"http://127.0.0.1:{free_port()}/healthz", timeout=2) == 1
 
 
 def free_port() -> int:
@@ -293,7 +312,10 @@ async def test_merger_cli_metrics_address_build_info_and_json_log_fields(dreamca
             return status == 200 and "dreamcatcher_metrics_refresh_timestamp_seconds " in text
 
         await wait_until(refreshed, timeout=15, what="a refresh timestamp", interval=0.2)
-        assert (await aget(port, "/readyz"))[0] == 200
+        # ready once its loop has completed an iteration (the merge above may be in its first)
+        await wait_until(lambda: ready(port, "leader"), timeout=15, what="/readyz 200", interval=0.1)
+        _, body = await aget(port, "/readyz")
+        assert json.loads(body)["worlds"]["w"]["holder"].endswith(f":{proc.pid}"), body
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
