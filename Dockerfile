@@ -14,7 +14,7 @@
 #
 # BASE_IMAGE: any image with python3 (3.11+) and pip on PATH (default python:3.12-slim).
 # WHEELS: a directory in the build context holding pre-built wheels of the project
-# and all its dependencies (`pip wheel . -w DIR`); when set, nothing is downloaded
+# and all its dependencies (`pip wheel '.[cli]' -w DIR`); when set, nothing is downloaded
 # (pip --no-index). docker/build-local-images.sh uses both to build offline.
 # (Few instructions on purpose: every step copies the whole tree on the vfs storage driver.)
 ARG BASE_IMAGE=python:3.12-slim
@@ -29,9 +29,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=igno
 COPY . /app/
 RUN set -eux; \
     if [ -n "$WHEELS" ]; then \
-        pip install --no-index --find-links "/app/$WHEELS" dreamcatcher-pg; \
+        pip install --no-index --find-links "/app/$WHEELS" 'dreamcatcher-pg[cli]'; \
     else \
-        pip install /app; \
+        pip install '/app[cli]'; \
     fi; \
     rm -rf /app/docker/wheels; \
     dreamcatcher --version; \

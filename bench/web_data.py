@@ -20,15 +20,16 @@ row by row):
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import asyncpg
 
-from dreamcatcher_pg.schema import apply_schema
+from dreamcatcher_pg.migrations import migrations
 
 WORLD = "webbench"
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-#: The indexes of entity_versions that apply_schema creates again (the primary key stays).
+#: The indexes of entity_versions built again after the bulk insert (the primary key stays).
 SECONDARY = ("entity_versions_current", "entity_versions_history", "entity_versions_by_frame")
 
 VERSIONS = """
@@ -135,6 +136,15 @@ def counts(entities: int) -> tuple[int, int, int, int]:
     return posts, comments, agents, entities - posts - comments - agents - 1
 
 
+def index_statements() -> list[str]:
+    """The CREATE INDEX statements of SECONDARY, as the newest migration defining each has it."""
+    found: dict[str, str] = {}
+    for migration in migrations():
+        for match in re.finditer(r"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+)\b[^;]*;", migration.sql):
+            found[match[1]] = match[0]
+    return [found[name] for name in SECONDARY]
+
+
 async def build(conn: asyncpg.Connection, entities: int, frames: int) -> dict[str, int]:
     """Write the world; returns what it holds (entities, versions, deltas, frames)."""
     posts, comments, agents, reactions = counts(entities)
@@ -145,7 +155,8 @@ async def build(conn: asyncpg.Connection, entities: int, frames: int) -> dict[st
     for index in SECONDARY:
         await conn.execute(f"DROP INDEX IF EXISTS dreamcatcher.{index}")  # names from SECONDARY above
     await conn.execute(VERSIONS, WORLD, posts, frames, comments, agents, reactions)
-    await apply_schema(conn)  # builds the dropped indexes again, exactly as the schema defines them
+    for statement in index_statements():  # the dropped indexes, exactly as the migrations define them
+        await conn.execute(statement)
     await conn.execute(DELTAS, WORLD, T0)
     await conn.execute(FRAMES, WORLD, T0, frames)
     await conn.execute(EXTRAS, WORLD, T0, frames)

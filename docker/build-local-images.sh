@@ -8,7 +8,7 @@
 #                       start, listens on all addresses, port 5432)
 #   LOCAL_PYTHON_IMAGE  a stand-in for python:3.12-slim: Debian's python3 + pip
 #   PROJECT_IMAGE       the Dockerfile, FROM the local python image, installed from
-#                       wheels built on this machine (pip wheel . -w docker/wheels)
+#                       wheels built on this machine (pip wheel '.[cli]' -w docker/wheels: the image runs the merger)
 #
 #   docker/build-local-images.sh [OUT_ENV_FILE]
 #
@@ -171,9 +171,9 @@ if [ "$image_py" != "$host_py" ]; then
     say "the image has Python $image_py but $PYTHON is $host_py: set PYTHON to a python$image_py"
     exit 1
 fi
-say "pip wheel . -w docker/wheels (Python $host_py)"
+say "pip wheel '.[cli]' -w docker/wheels (Python $host_py)"
 rm -rf docker/wheels
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$PYTHON" -m pip wheel --quiet . -w docker/wheels >"$work/wheel.log" 2>&1 || {
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$PYTHON" -m pip wheel --quiet '.[cli]' -w docker/wheels >"$work/wheel.log" 2>&1 || {
     tail -30 "$work/wheel.log" >&2
     exit 1
 }

@@ -97,16 +97,30 @@ def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
 
 
 def cmd_init(args: argparse.Namespace, dsn: str) -> int:
-    from .schema import init_database
+    from . import migrations
 
-    asyncio.run(init_database(dsn))
-    print("schema dreamcatcher is up to date")
+    if args.plan:
+        print(asyncio.run(migrations.plan_database(dsn)).describe())
+        return 0
+    result = asyncio.run(migrations.migrate_database(dsn, force=args.force))
+    print(result.describe())
     if args.roles:
         from .roles import create_roles
 
         restrict = args.restrict_lock_functions
         for name in asyncio.run(create_roles(dsn, prefix=args.role_prefix, restrict_lock_functions=restrict)):
             print(f"role {name} is up to date")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace, dsn: str) -> int:
+    from .migrations import migrations_sql
+
+    try:
+        sys.stdout.write(migrations_sql(args.from_version))
+    except ValueError as exc:
+        print(f"dreamcatcher: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -241,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "init",
-        help="create or update the dreamcatcher schema (safe to run twice)",
-        description="Create or update the schema dreamcatcher in the database (keeps the data).",
+        help="create or upgrade the dreamcatcher schema (safe to run twice)",
+        description="Create the schema dreamcatcher, or upgrade it: apply the migrations the database "
+        "has not had, in one transaction (keeps the data; docs/operations.md, Upgrading).",
     )
     p.add_argument(
         "--roles", action="store_true", help="also create the worker, merger and reader roles (docs/roles)"
@@ -254,7 +269,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --roles: also revoke pg_notify and the advisory-lock functions from PUBLIC in this "
         "database (for EVERY application using it) and grant them to the merger role (docs/operations.md)",
     )
+    p.add_argument(
+        "--plan", action="store_true", help="print the migrations init would apply, and apply nothing"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="migrate even when functions of the schema were changed in the database (they are replaced)",
+    )
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "sql",
+        help="print the schema's SQL (for Flyway, Alembic, Django...): what init applies",
+        description="Print the migrations (and the default rule set) as one SQL script on stdout.",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_version",
+        type=int,
+        default=0,
+        metavar="VERSION",
+        help="only the migrations after this schema version (default 0: all)",
+    )
+    p.set_defaults(func=cmd_sql, needs_dsn=False)
 
     p = sub.add_parser(
         "dsn",

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .models import PreparedDelta, Receipt, check_batch_limits, check_frame, prepare_delta, validate_identity
 from .queries import query
+from .schema_version import check_schema_version
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ class DeltaClient:
             retries=retries,
         )
         try:
-            if pool is None:
-                await client._connection()  # (a wrong DSN fails here, not at the first insert)
+            async with client._session() as conn:  # (a wrong DSN fails here, not at the first insert)
+                await check_schema_version(conn)  # once per client: SchemaVersionError unless current
             yield client
         finally:
             await client.aclose()
@@ -211,23 +212,7 @@ class DeltaClient:
     # -- writing --
 
     def _receipt(self, delta: PreparedDelta, status: str) -> Receipt:
-        key = (self.world, delta.frame, self.stream_id, delta.utc)
-        if status in ("stored", "duplicate", "deferred"):
-            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, cast(Any, status))
-        if status == "conflict":
-            raise DeltaConflictError(
-                f"a different delta is already stored under {key!r}; deltas are never overwritten",
-                key=key,
-            )
-        if status == "late":
-            raise FrameClosedError(
-                f"frame {delta.frame} of world {self.world!r} is closed; the delta from "
-                f"{self.stream_id!r} was refused (the attempt is recorded in dreamcatcher.late_attempts)",
-                world=self.world,
-                frame=delta.frame,
-                stream_id=self.stream_id,
-            )
-        raise DreamcatcherError(f"unexpected insert status {status!r} for {key!r}")
+        return receipt_for(self.world, self.stream_id, delta, status)
 
     async def insert_delta(self, frame: int, payload: Mapping[str, Any], utc: Any = None) -> Receipt:
         """Append one delta. ``utc`` (the writer's clock) defaults to now.
@@ -251,28 +236,9 @@ class DeltaClient:
         item raises its error; the items stored before and after it stay stored,
         and are listed in the error's ``receipts`` attribute.
         """
-        prepared: list[tuple[PreparedDelta, str]] = []
-        stream_id, limit = self.stream_id, self._max_payload_bytes
-        for index, item in enumerate(deltas):
-            if type(item) is not dict and not isinstance(item, Mapping):
-                raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
-            if not _ITEM_KEYS.issuperset(item):
-                extra = set(item) - _ITEM_KEYS
-                raise InvalidDeltaError(
-                    f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
-                )
-            prepared.append(
-                prepare_delta(
-                    item.get("frame"),
-                    item.get("payload"),
-                    item.get("utc"),
-                    stream_id=stream_id,
-                    max_payload_bytes=limit,
-                )
-            )
+        prepared = prepare_batch(deltas, self.stream_id, self._max_payload_bytes)
         if not prepared:
             return []
-        check_batch_limits([d.frame for d, _ in prepared])
         statuses = await self._copy_batch(prepared) if self._copy_ok else None
         if statuses is None:
             statuses = await self._call(
@@ -283,20 +249,7 @@ class DeltaClient:
                 [d.utc for d, _ in prepared],
                 [t for _, t in prepared],
             )
-        if len(statuses) == len(prepared) and all(s == "stored" for s in statuses):  # the common case
-            world = self.world
-            return [Receipt(world, d.frame, stream_id, d.utc, "stored") for d, _ in prepared]
-        receipts: list[Receipt] = []
-        first_error: DreamcatcherError | None = None
-        for (delta, _), status in zip(prepared, statuses, strict=True):
-            try:
-                receipts.append(self._receipt(delta, status))
-            except DreamcatcherError as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            first_error.receipts = receipts  # type: ignore[attr-defined]
-            raise first_error
-        return receipts
+        return batch_receipts(self.world, self.stream_id, prepared, statuses)
 
     async def _copy_batch(self, prepared: list[tuple[PreparedDelta, str]]) -> list[str] | None:
         """Append a batch with COPY straight into the log; None when it must take append_deltas.
@@ -432,16 +385,8 @@ class DeltaClient:
                 lost = exc
             else:
                 lost = None
-                if row is not None and row["status"] == "merged":
+                if is_merged(self.world, frame, row):
                     return
-                below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
-                if below_horizon and row is not None and row["status"] is None:
-                    raise FrameClosedError(
-                        f"frame {frame} of world {self.world!r} has no deltas and lies below the "
-                        "merged frames; it will never be merged",
-                        world=self.world,
-                        frame=frame,
-                    )
             wait = poll
             if deadline is not None:
                 remaining = deadline - loop.time()
@@ -470,18 +415,16 @@ async def configure_world(
     refused (default 10,000,000). ``idle_writer_timeout``: the merger ends a session that holds
     one of the world's fences while idle this long (seconds, default 30).
     """
-    if late_policy is not None and late_policy not in ("reject", "defer"):
-        raise InvalidDeltaError("late_policy must be 'reject' or 'defer'", field="late_policy")
-    if max_frame_ahead is not None:
-        check_frame(max_frame_ahead, "max_frame_ahead")
-        if max_frame_ahead < 1:
-            raise InvalidDeltaError("max_frame_ahead must be at least 1", field="max_frame_ahead")
-    interval = _interval(close_after, "close_after")
-    idle = _interval(idle_writer_timeout, "idle_writer_timeout")
+    args = configure_world_args(
+        world,
+        expected_streams=expected_streams,
+        late_policy=late_policy,
+        close_after=close_after,
+        max_frame_ahead=max_frame_ahead,
+        idle_writer_timeout=idle_writer_timeout,
+    )
     try:
-        row = await executor.fetchrow(
-            query("configure_world"), world, expected_streams, late_policy, interval, max_frame_ahead, idle
-        )
+        row = await executor.fetchrow(query("configure_world"), *args)
     except DRIVER_ERRORS as exc:
         raise map_db_error(exc) from exc
     assert row is not None
@@ -496,3 +439,112 @@ def _interval(value: float | timedelta | None, field: str) -> timedelta | None:
     if not 0 < seconds < 10**9:
         raise InvalidDeltaError(f"{field} must be a positive number of seconds, not {value!r}", field=field)
     return timedelta(seconds=seconds)
+
+
+def configure_world_args(
+    world: str,
+    *,
+    expected_streams: list[str] | None,
+    late_policy: str | None,
+    close_after: float | timedelta | None,
+    max_frame_ahead: int | None,
+    idle_writer_timeout: float | timedelta | None,
+) -> tuple[Any, ...]:
+    """The checked arguments of the ``configure_world`` query (shared by both clients)."""
+    if late_policy is not None and late_policy not in ("reject", "defer"):
+        raise InvalidDeltaError("late_policy must be 'reject' or 'defer'", field="late_policy")
+    if max_frame_ahead is not None:
+        check_frame(max_frame_ahead, "max_frame_ahead")
+        if max_frame_ahead < 1:
+            raise InvalidDeltaError("max_frame_ahead must be at least 1", field="max_frame_ahead")
+    interval = _interval(close_after, "close_after")
+    idle = _interval(idle_writer_timeout, "idle_writer_timeout")
+    return (world, expected_streams, late_policy, interval, max_frame_ahead, idle)
+
+
+# -- what both clients (async and sync) share, whatever the driver --
+
+
+def receipt_for(world: str, stream_id: str, delta: PreparedDelta, status: str) -> Receipt:
+    """The receipt of an insert's ``status``; the error of a refused one (raised)."""
+    key = (world, delta.frame, stream_id, delta.utc)
+    if status in ("stored", "duplicate", "deferred"):
+        return Receipt(world, delta.frame, stream_id, delta.utc, cast(Any, status))
+    if status == "conflict":
+        raise DeltaConflictError(
+            f"a different delta is already stored under {key!r}; deltas are never overwritten",
+            key=key,
+        )
+    if status == "late":
+        raise FrameClosedError(
+            f"frame {delta.frame} of world {world!r} is closed; the delta from "
+            f"{stream_id!r} was refused (the attempt is recorded in dreamcatcher.late_attempts)",
+            world=world,
+            frame=delta.frame,
+            stream_id=stream_id,
+        )
+    raise DreamcatcherError(f"unexpected insert status {status!r} for {key!r}")
+
+
+def prepare_batch(
+    deltas: Iterable[Mapping[str, Any]], stream_id: str, limit: int
+) -> list[tuple[PreparedDelta, str]]:
+    """Validate every item of a batch (``{"frame", "payload", "utc"?}``) and its limits; the
+    first invalid one raises :class:`InvalidDeltaError` before anything is sent."""
+    prepared: list[tuple[PreparedDelta, str]] = []
+    for index, item in enumerate(deltas):
+        if type(item) is not dict and not isinstance(item, Mapping):
+            raise InvalidDeltaError(f"deltas[{index}] is not a mapping", field=f"deltas[{index}]")
+        if not _ITEM_KEYS.issuperset(item):
+            extra = set(item) - _ITEM_KEYS
+            raise InvalidDeltaError(
+                f"deltas[{index}] has unknown keys {sorted(extra)}", field=f"deltas[{index}]"
+            )
+        prepared.append(
+            prepare_delta(
+                item.get("frame"),
+                item.get("payload"),
+                item.get("utc"),
+                stream_id=stream_id,
+                max_payload_bytes=limit,
+            )
+        )
+    if prepared:
+        check_batch_limits([d.frame for d, _ in prepared])
+    return prepared
+
+
+def batch_receipts(
+    world: str, stream_id: str, prepared: list[tuple[PreparedDelta, str]], statuses: list[str]
+) -> list[Receipt]:
+    """The receipts of a batch; the first refused item raises its error, whose ``receipts``
+    attribute lists the items accepted before and after it."""
+    if len(statuses) == len(prepared) and all(s == "stored" for s in statuses):  # the common case
+        return [Receipt(world, d.frame, stream_id, d.utc, "stored") for d, _ in prepared]
+    receipts: list[Receipt] = []
+    first_error: DreamcatcherError | None = None
+    for (delta, _), status in zip(prepared, statuses, strict=True):
+        try:
+            receipts.append(receipt_for(world, stream_id, delta, status))
+        except DreamcatcherError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        first_error.receipts = receipts  # type: ignore[attr-defined]
+        raise first_error
+    return receipts
+
+
+def is_merged(world: str, frame: int, row: Mapping[str, Any] | None) -> bool:
+    """From a ``frame_status`` row: True once ``frame`` is merged; :class:`FrameClosedError` when
+    it never will be (no deltas, below the merged frames); False while it may still be."""
+    if row is not None and row["status"] == "merged":
+        return True
+    below_horizon = row is not None and row["horizon"] is not None and frame <= row["horizon"]
+    if below_horizon and row is not None and row["status"] is None:
+        raise FrameClosedError(
+            f"frame {frame} of world {world!r} has no deltas and lies below the "
+            "merged frames; it will never be merged",
+            world=world,
+            frame=frame,
+        )
+    return False

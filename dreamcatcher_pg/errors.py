@@ -91,3 +91,23 @@ def map_db_error(exc: BaseException) -> DreamcatcherError:
     if isinstance(exc, OSError | ConnectionError):
         return ConnectionLostError(f"connection to PostgreSQL failed: {exc}")
     return DatabaseError(f"{type(exc).__name__}: {exc}", sqlstate=sqlstate)
+
+
+class SchemaVersionError(DreamcatcherError):
+    """The database's schema version is not the one this dreamcatcher_pg needs (older, newer,
+    unversioned or missing). ``database_version`` (None: none recorded) and ``package_version``
+    name both; the message says what to run."""
+
+    def __init__(self, message: str, *, database_version: int | None, package_version: int) -> None:
+        super().__init__(message)
+        self.database_version = database_version
+        self.package_version = package_version
+
+
+class SchemaEditedError(DreamcatcherError):
+    """``dreamcatcher init`` would replace functions whose definitions were changed in the
+    database since it recorded them (``functions`` names them); ``init --force`` replaces them."""
+
+    def __init__(self, message: str, *, functions: list[str]) -> None:
+        super().__init__(message)
+        self.functions = functions

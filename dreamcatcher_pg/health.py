@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from .errors import DRIVER_ERRORS
+from .errors import DRIVER_ERRORS, DreamcatcherError
 from .queries import query
+from .schema_version import schema_status
 
 #: The leader timeout assumed when a leader declared none (``--leader-timeout 0``: never
 #: ended by a standby): a heartbeat older than this still means no live leader.
@@ -60,18 +61,26 @@ class HealthCode(enum.IntEnum):
 
 
 async def schema_ready(conn: asyncpg.Connection) -> tuple[bool, str]:
-    """Is the schema dreamcatcher there, with the objects this version uses? (ok, why).
+    """Is the schema dreamcatcher current, with the objects this version uses? (ok, why).
 
-    One catalog query. (To be replaced by the schema version check of the migrations.)
+    The schema version against the package's (:func:`~dreamcatcher_pg.schema_version.schema_status`,
+    the check the client and the merger make at connect), then one catalog query for the
+    objects themselves (a dropped view or function shows even at the right version).
     """
+    status = await schema_status(conn)
+    if not status.ok:
+        return False, status.message
     row = await conn.fetchrow(query("schema_objects"), list(REQUIRED_RELATIONS), list(REQUIRED_FUNCTIONS))
     assert row is not None
     if not row["has_schema"]:
         return False, "the schema dreamcatcher does not exist: run `dreamcatcher init`"
     missing = [*row["missing_relations"], *(f"{f}()" for f in row["missing_functions"])]
     if missing:
-        return False, f"the schema dreamcatcher lacks {', '.join(missing)}: run `dreamcatcher init`"
-    return True, "schema dreamcatcher is current"
+        return False, (
+            f"the schema dreamcatcher (version {status.database_version}) lacks {', '.join(missing)}: "
+            "changed by hand? (docs/operations.md, Upgrading)"
+        )
+    return True, f"schema dreamcatcher is current (version {status.database_version})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +165,7 @@ async def check_health(
         if not ok:
             return HealthReport(HealthCode.SCHEMA, f"unhealthy: {why}")
         rows = await conn.fetch(query("world_health"), world)
-    except (*DRIVER_ERRORS, TimeoutError) as exc:
+    except (*DRIVER_ERRORS, TimeoutError, DreamcatcherError) as exc:
         return HealthReport(HealthCode.DATABASE, f"unhealthy: cannot query the database: {_why(exc)}")
     finally:
         await _close(conn)

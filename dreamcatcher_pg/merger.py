@@ -44,8 +44,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .errors import DRIVER_ERRORS, ConnectionLostError, map_db_error
+from .errors import DRIVER_ERRORS, ConnectionLostError, SchemaVersionError, map_db_error
 from .queries import query
+from .schema_version import check_schema_version
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Merger:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self.dsn, server_settings=settings)
             self.stats.is_leader = False
+            await check_schema_version(self._conn)  # SchemaVersionError ends run(): see there
         if self._listener is None or self._listener.is_closed():
             self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
             await self._listener.add_listener(WORK_CHANNEL, self._on_notify)
@@ -448,6 +450,10 @@ class Merger:
                 self._loop_done(None)
                 await self._sleep(stop, wait)
             except asyncio.CancelledError:
+                raise
+            except SchemaVersionError:  # the database is not the one this merger can merge
+                self.loop_at = None  # ended: /healthz and /readyz say so
+                await self.aclose()
                 raise
             except Exception as exc:
                 if self._connection_lost(exc):

@@ -54,7 +54,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .errors import DRIVER_ERRORS
+from .errors import DRIVER_ERRORS, DreamcatcherError
 from .health import SchemaState, liveness, readiness, schema_ready
 from .queries import query
 
@@ -182,7 +182,7 @@ class DatabaseRefresher:
                     if self._failing:
                         log.info("metrics: reading the database works again")
                     self._failing = False
-                except (*DRIVER_ERRORS, TimeoutError, SchemaNotReadyError) as exc:
+                except (*DRIVER_ERRORS, TimeoutError, SchemaNotReadyError, DreamcatcherError) as exc:
                     self.errors += 1
                     if not isinstance(exc, SchemaNotReadyError):
                         self.schema.set(False, f"cannot read the database: {type(exc).__name__}: {exc}")

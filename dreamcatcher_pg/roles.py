@@ -26,6 +26,7 @@ from typing import NamedTuple
 import asyncpg
 
 from .errors import DRIVER_ERRORS, DreamcatcherError, map_db_error
+from .migrations import record_functions
 from .schema import _INIT_LOCK_KEY
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ async def install_roles(
             created = await conn.fetchval(
                 "SELECT dreamcatcher.install_roles($1, $2)", prefix, restrict_lock_functions
             )
+            await record_functions(conn)  # roles.sql replaced check_writer: that is the package's
             locks_open = await conn.fetchval(
                 "SELECT has_function_privilege($1, 'pg_try_advisory_lock(bigint)', 'EXECUTE')", names.worker
             )

@@ -7,7 +7,7 @@ SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::text::jsonb);
 SELECT dreamcatcher.append_deltas($1, $2, $3::bigint[], $4::timestamptz[], $5::text[]::jsonb[]);
 
 -- name: copy_begin
--- In the transaction of a COPY into delta_log: the fence of the batch (see schema.sql).
+-- In the transaction of a COPY into delta_log: the fence of the batch (see copy_begin in sql/migrations/).
 -- $3: the batch's frames, each once.
 SELECT dreamcatcher.copy_begin($1, $2, $3::bigint[]);
 

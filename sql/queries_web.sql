@@ -240,7 +240,7 @@ SELECT count(*) FROM dreamcatcher.entity_versions x WHERE x.world = $1 AND x.kin
 -- the rules that merged each frame read as this entity, in merge_frame's apply order (frame, utc,
 -- stream_id in "C", rule rank, position), each as the rule read it. Only the items of the delta
 -- keys $5 are read, and only those whose JSON text holds every text of $6 (the parts of the
--- entity's key; empty: no such filter). See dreamcatcher.entity_items (sql/rules.sql).
+-- entity's key; empty: no such filter). See dreamcatcher.entity_items (sql/migrations/).
 SELECT s.into_frame, s.frame, s.stream_id, s.utc, s.key, s.rank, s.pos, s.data::text AS data
 FROM dreamcatcher.entity_items($1, $2, $3, $4::bigint[], $5::text[], $6::text[]) s
 ORDER BY s.into_frame, s.frame, s.utc, s.stream_id COLLATE "C", s.rank, s.pos;

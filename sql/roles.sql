@@ -13,7 +13,7 @@
 --     does not change it) may write a stream when it is a member of the stream's role,
 --     and may close frames of the worlds where it owns at least one stream.
 --   * The check is made by triggers on the tables those functions write (delta_log,
---     late_log, frame_log, worlds), so the bodies of the functions stay in schema.sql.
+--     late_log, frame_log, worlds), so the bodies of the functions stay in the migrations.
 --     A session whose login role holds the table privilege itself (the schema owner,
 --     superusers, the merger for frame_log) could make that write directly anyway: it is
 --     not checked. Everybody else must own the stream (or the world).
@@ -24,8 +24,9 @@
 --     (--restrict-lock-functions): that would change the database for every application in it.
 --     A worker that takes a world's locks by hand is ended by the merger (see install_roles).
 --     The NOTIFY command cannot be revoked; a notification is only a wake-up.
---   * Re-applying schema.sql (plain `init`) turns the three functions back into SECURITY
---     INVOKER: workers then fail closed (42501) until `init --roles` runs again.
+--   * A migration that re-creates the three functions turns them back into SECURITY
+--     INVOKER: `init` applies this file again afterwards when roles are installed (were it
+--     not, workers would fail closed, 42501, until `init --roles` ran again).
 
 CREATE TABLE IF NOT EXISTS dreamcatcher.stream_owners (
     world      text        NOT NULL CHECK (world <> '' AND length(world) <= 200),
@@ -75,7 +76,7 @@ BEGIN
           AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
 END $$;
 
--- The entry points' first check, before any lock (see dreamcatcher.check_writer in schema.sql):
+-- The entry points' first check, before any lock (see dreamcatcher.check_writer in sql/migrations/):
 -- the session's login role must own the stream (p_stream NULL: some stream of the world).
 -- A session whose login holds the table privilege itself is not checked (as in the triggers).
 CREATE OR REPLACE FUNCTION dreamcatcher.check_writer(p_world text, p_stream text) RETURNS void
@@ -338,7 +339,7 @@ BEGIN
     -- during an upgrade, do)
     EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), v_merger);
 
-    -- rules (sql/rules.sql): readers and mergers read the rule tables (entities_at decodes keys
+    -- rules (sql/migrations/, the rule tables): readers and mergers read the rule tables (entities_at decodes keys
     -- with them, merge_frame picks the rule set of a frame); the merge records the entities a
     -- deletion ends. Only the schema owner applies rules (it creates their functions).
     EXECUTE format('GRANT SELECT ON dreamcatcher.rule_sets, dreamcatcher.world_rules, dreamcatcher.rule_defaults,'

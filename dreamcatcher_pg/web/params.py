@@ -11,7 +11,7 @@ from .errors import bad_request, not_found
 
 #: The largest frame number (frames are bigint >= 0).
 MAX_FRAME = 2**63 - 1
-#: World names are at most 200 characters (schema.sql); keys and search text are bounded too.
+#: World names are at most 200 characters (the schema: sql/migrations/); keys and search text are bounded too.
 MAX_WORLD = 200
 MAX_TEXT = 4096
 #: Page sizes: the default, and the most a request may ask for.

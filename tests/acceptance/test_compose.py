@@ -209,7 +209,8 @@ def test_compose_stack_merges_frames_and_serves_metrics(
             for s in family.samples
             if s.labels.get("world") == "fleet" and "le" not in s.labels
         }
-        return values if values.get("dreamcatcher_deltas_ingested_total") else None
+        # the world metrics refresh on their own clock: wait until they have seen every worker
+        return values if values.get("dreamcatcher_deltas_ingested_total", 0) >= WORKERS else None
 
     metrics = wait_for("the merger's metrics", 60, scrape)
     assert isinstance(metrics, dict)

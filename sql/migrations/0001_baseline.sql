@@ -1,3 +1,16 @@
+-- Migration 0001, the baseline: the schema of dreamcatcher_pg 0.1.0, the last release without
+-- versioned migrations (what its `dreamcatcher init` applied: sql/schema.sql, merge.sql,
+-- rules.sql, timetravel.sql and views.sql, in that order, concatenated here unchanged).
+-- Never edit an applied migration: a change to the schema is a new file in sql/migrations/
+-- (docs/operations.md, "Upgrading").
+--
+-- It stays safe to run twice, on purpose: a database made by 0.1.0 or earlier has no
+-- dreamcatcher.schema_version, and `dreamcatcher init` upgrades it by applying this baseline
+-- over it. That is why the steps that brought databases of earlier development versions up
+-- to date (ADD CONSTRAINT ... NOT VALID, DROP INDEX / TRIGGER / FUNCTION IF EXISTS, the
+-- late_log fold) stay in it: without them the baseline would not turn those databases into
+-- the schema of version 1.
+--
 -- dreamcatcher_pg schema: the append-only delta log, frames, the projected
 -- (versioned) state, quarantine, the notification triggers and the fence.
 --
@@ -935,3 +948,623 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
+
+-- dreamcatcher_pg merge: the helpers every compiled rule set merges with.
+--
+-- A frame is merged by dreamcatcher.merge_frame(world, frame) (sql/rules.sql) in the
+-- caller's transaction, with the rule set in effect for the frame. Deltas apply in
+-- ascending (frame, utc, stream_id, rule, position) order; stream_id compares in the
+-- "C" collation so the order is the same in every database. Nothing here depends on insert ids, arrival order or time.
+
+-- ---------------------------------------------------------------------------
+-- Tolerant readers for messy JSON.
+-- ---------------------------------------------------------------------------
+
+-- A scalar as text: strings as themselves, numbers and booleans as written.
+CREATE OR REPLACE FUNCTION dreamcatcher.jtext(j jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(j)
+               WHEN 'string' THEN nullif(btrim(j #>> '{}'), '')
+               WHEN 'number' THEN j::text
+               ELSE NULL
+           END
+$$;
+
+-- An integer (a JSON integer or a string of digits) that fits a bigint, else NULL.
+CREATE OR REPLACE FUNCTION dreamcatcher.jint(j jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+               -- an integral number of at most 18 digits (1.0 is not an integer here, 1e3 is)
+               WHEN jsonb_typeof(j) = 'number'
+                   THEN CASE WHEN scale(j::numeric) = 0 AND abs(j::numeric) < 1e18 THEN j::numeric::bigint END
+               WHEN jsonb_typeof(j) = 'string' AND btrim(j #>> '{}') ~ '^-?[0-9]{1,18}$'
+                   THEN (btrim(j #>> '{}'))::bigint
+               ELSE NULL
+           END
+$$;
+
+-- Rename the first alias present (and not null) to its canonical name, unless the
+-- canonical name already holds a value (then nothing is renamed and nothing is lost).
+CREATE OR REPLACE FUNCTION dreamcatcher.jrename(j jsonb, canon text, aliases text[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    a text;
+BEGIN
+    IF jsonb_typeof(j) <> 'object' OR NOT (j ?| aliases)
+       OR (j ? canon AND jsonb_typeof(j -> canon) <> 'null') THEN
+        RETURN j;
+    END IF;
+    FOREACH a IN ARRAY aliases LOOP
+        IF jsonb_typeof(j -> a) <> 'null' THEN
+            RETURN (j - a) || jsonb_build_object(canon, j -> a);
+        END IF;
+    END LOOP;
+    RETURN j;
+END $$;
+
+-- The 64-bit content hash of one entity version (kind, key, data).
+CREATE OR REPLACE FUNCTION dreamcatcher.entity_hash(p_kind text, p_ekey text, p_data jsonb) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (('x' || left(md5(p_kind || E'\x1f' || p_ekey || E'\x1f' || p_data::text), 16))::bit(64)::bigint)::numeric
+$$;
+
+-- The printable state hash for an accumulator (a sum of entity hashes mod 2^64).
+CREATE OR REPLACE FUNCTION dreamcatcher.state_hash_text(p_acc numeric) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT lpad(to_hex((CASE WHEN m >= 9223372036854775808 THEN m - 18446744073709551616 ELSE m END)::bigint), 16, '0')
+    FROM (SELECT mod(mod(p_acc, 18446744073709551616) + 18446744073709551616, 18446744073709551616) AS m) s
+$$;
+
+-- Fold JSON objects left to right with ||: a later object's top-level fields win. Ordered by
+-- apply order this is "each field last-write-wins"; ordered backwards, "first write wins".
+DO $$
+BEGIN
+    IF to_regprocedure('dreamcatcher.jsonb_fold(jsonb)') IS NULL THEN
+        CREATE AGGREGATE dreamcatcher.jsonb_fold(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb, INITCOND = '{}');
+    END IF;
+END $$;
+
+-- The fold of a JSON array of objects, for an entity with many items in one frame: the same
+-- result as jsonb_fold over the elements in order (a later element's top-level fields win), in
+-- time linear in the fields. jsonb_fold copies its growing result at every step: for one entity
+-- given thousands of distinct fields in one frame that is quadratic (minutes for one delta).
+-- jsonb_object_agg keeps the last value of a key given twice.
+CREATE OR REPLACE FUNCTION dreamcatcher.jsonb_fold_many(p_objects jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_object_agg(f.key, f.value ORDER BY a.o), '{}'::jsonb)
+    FROM jsonb_array_elements(p_objects) WITH ORDINALITY AS a(d, o)
+    CROSS JOIN LATERAL jsonb_each(a.d) AS f
+$$;
+
+-- ---------------------------------------------------------------------------
+-- What every rule set's compiled merge (sql/rules.sql, dreamcatcher_pg/rules) reads with.
+-- ---------------------------------------------------------------------------
+
+-- Keys that describe the delta itself (its envelope: DESIGN.md §6), not state: neither
+-- merged nor counted.
+CREATE OR REPLACE FUNCTION dreamcatcher.is_meta_key(p_key text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_key IN ('frame', 'stream_id', 'utc', '_meta', 'completed_at')
+$$;
+
+-- A rule key's value as a list of items: an array as itself, null as empty, anything else as
+-- a list of one.
+CREATE OR REPLACE FUNCTION dreamcatcher.jlist(j jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(j) WHEN 'array' THEN j WHEN 'null' THEN '[]'::jsonb ELSE jsonb_build_array(j) END
+$$;
+
+-- An entity key longer than an index entry can hold (~2.7 kB) would fail the whole frame,
+-- forever: such an item is unreadable.
+CREATE OR REPLACE FUNCTION dreamcatcher.long_key_reason(p_ekey text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN octet_length(p_ekey) > 1024 THEN 'entity key is longer than 1024 bytes' END
+$$;
+
+-- The deltas that a merge of `frame` takes: the frame's own (not late), plus
+-- the late ones deferred into it.
+CREATE OR REPLACE FUNCTION dreamcatcher.frame_deltas(p_world text, p_frame bigint)
+RETURNS TABLE (frame bigint, stream_id text, utc timestamptz, payload jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT d.frame, d.stream_id, d.utc, d.payload
+    FROM dreamcatcher.delta_log d
+    WHERE d.world = p_world AND d.frame = p_frame AND NOT d.late
+    UNION ALL
+    SELECT d.frame, d.stream_id, d.utc, d.payload
+    FROM dreamcatcher.deferred_log x
+    JOIN dreamcatcher.delta_log d USING (world, frame, stream_id, utc)
+    WHERE x.world = p_world AND x.merged_in = p_frame
+$$;
+
+-- The readers of the rules that were written by hand before rules were a declaration.
+DROP FUNCTION IF EXISTS dreamcatcher.read_item(text, jsonb, bigint, text, timestamptz, bigint);
+DROP FUNCTION IF EXISTS dreamcatcher.read_post(jsonb);
+DROP FUNCTION IF EXISTS dreamcatcher.read_agent(jsonb);
+DROP FUNCTION IF EXISTS dreamcatcher.read_comment(jsonb);
+DROP FUNCTION IF EXISTS dreamcatcher.read_reaction(jsonb);
+DROP FUNCTION IF EXISTS dreamcatcher.read_chapter(jsonb);
+DROP FUNCTION IF EXISTS dreamcatcher.read_observation(jsonb, bigint, text, timestamptz, bigint);
+DROP FUNCTION IF EXISTS dreamcatcher.rule_rank(text);
+
+-- dreamcatcher_pg rules: the merge rules of a world are data, versioned by frame.
+-- Applied after merge.sql; safe to run twice.
+--
+-- A rule set is a declaration (a TOML file, dreamcatcher_pg/rules/) compiled to SQL
+-- functions named after its content hash: rules_<tag>_read_<n> (one reader per kind) and
+-- rules_<tag>_merge (the whole frame in one statement). A world's rules take effect from a
+-- frame on (world_rules); a world with none uses the default rule set (rule_defaults, the
+-- package's default.toml, installed by `dreamcatcher init`). merge_frame runs the rule set
+-- in effect at the frame it merges and records it in frame_log.rules, so a replay, an
+-- import or an export can merge every frame again with the rules that merged it.
+
+CREATE TABLE IF NOT EXISTS dreamcatcher.rule_sets (
+    id         text        PRIMARY KEY CHECK (id ~ '^[0-9a-f]{64}$'),
+    tag        text        NOT NULL UNIQUE CHECK (tag ~ '^[0-9a-f]{16}$' AND tag = left(id, 16)),
+    source     text        NOT NULL,   -- the TOML as it was applied
+    normalized jsonb       NOT NULL,   -- the declaration with every default filled in
+    builtin    boolean     NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE IF NOT EXISTS dreamcatcher.world_rules (
+    world      text        NOT NULL,
+    from_frame bigint      NOT NULL CHECK (from_frame >= 0),
+    rule_set   text        NOT NULL REFERENCES dreamcatcher.rule_sets (id) DEFERRABLE INITIALLY DEFERRED,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (world, from_frame)
+);
+
+-- The rule set of worlds that have none: one row.
+CREATE TABLE IF NOT EXISTS dreamcatcher.rule_defaults (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    rule_set text    NOT NULL REFERENCES dreamcatcher.rule_sets (id)
+);
+
+-- Which rule set merged each frame.
+ALTER TABLE dreamcatcher.frame_log ADD COLUMN IF NOT EXISTS rules text;
+
+-- Entities a deletion ended, by frame (a diff finds them here: an ended version has no successor).
+CREATE TABLE IF NOT EXISTS dreamcatcher.entity_ends (
+    world text   NOT NULL,
+    frame bigint NOT NULL,
+    kind  text   NOT NULL,
+    ekey  text   NOT NULL,
+    PRIMARY KEY (world, frame, kind, ekey)
+);
+
+-- The rule set in effect for `frame` of `world`.
+CREATE OR REPLACE FUNCTION dreamcatcher.rules_at(p_world text, p_frame bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT w.rule_set FROM dreamcatcher.world_rules w
+                     WHERE w.world = p_world AND w.from_frame <= p_frame
+                     ORDER BY w.from_frame DESC LIMIT 1),
+                    (SELECT d.rule_set FROM dreamcatcher.rule_defaults d))
+$$;
+
+-- How a kind's entity keys are written (int, text, array, tagged, content, position), per the
+-- rule set in effect at `frame` (the default's when the kind is not in it).
+CREATE OR REPLACE FUNCTION dreamcatcher.key_encoding(p_world text, p_kind text, p_frame bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT k ->> 'encoding' FROM dreamcatcher.rule_sets r,
+                jsonb_array_elements(r.normalized -> 'kinds') k
+         WHERE r.id = dreamcatcher.rules_at(p_world, p_frame) AND k ->> 'name' = p_kind),
+        (SELECT k ->> 'encoding' FROM dreamcatcher.rule_defaults d
+                JOIN dreamcatcher.rule_sets r ON r.id = d.rule_set,
+                jsonb_array_elements(r.normalized -> 'kinds') k
+         WHERE k ->> 'name' = p_kind),
+        'text')
+$$;
+
+-- An entity key as the JSON array of its key values in declared order (NULL for append kinds;
+-- ["content:<md5>"] for an entity keyed by its content).
+CREATE OR REPLACE FUNCTION dreamcatcher.decode_key(p_encoding text, p_ekey text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE p_encoding
+               WHEN 'int' THEN jsonb_build_array(p_ekey::numeric)
+               WHEN 'array' THEN p_ekey::jsonb
+               WHEN 'position' THEN NULL
+               WHEN 'tagged' THEN CASE WHEN p_ekey LIKE 'content:%' THEN jsonb_build_array(p_ekey)
+                                       WHEN p_ekey LIKE 'key:%' THEN substr(p_ekey, 5)::jsonb
+                                       ELSE jsonb_build_array(substr(p_ekey, strpos(p_ekey, ':') + 1)) END
+               ELSE jsonb_build_array(p_ekey)
+           END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Merge one closed frame with a given rule set, in the caller's transaction. Returns the
+-- frame's stats, or NULL when the frame is not closed (already merged, or open).
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame_with(p_world text, p_frame bigint, p_rules text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET jit = off
+SET work_mem = '64MB'
+SET enable_memoize = off
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_status   text;
+    v_tag      text;
+    v_prev_acc numeric;
+    v_acc      numeric;
+    v_stats    jsonb;
+    v_deltas   bigint;
+    v_started  timestamptz := clock_timestamp();
+BEGIN
+    SELECT status INTO v_status FROM dreamcatcher.frame_log
+     WHERE world = p_world AND frame = p_frame FOR UPDATE;
+    IF NOT FOUND OR v_status <> 'closed' THEN
+        RETURN NULL;
+    END IF;
+    SELECT r.tag INTO v_tag FROM dreamcatcher.rule_sets r WHERE r.id = p_rules;
+    IF v_tag IS NULL THEN
+        RAISE EXCEPTION 'no rule set % in this database (has `dreamcatcher init` run?)', coalesce(p_rules, 'at all')
+            USING ERRCODE = 'DCR01';
+    END IF;
+
+    -- late deltas waiting for a merge (policy defer) go into this one
+    INSERT INTO dreamcatcher.deferred_log (world, frame, stream_id, utc, merged_in)
+    SELECT d.world, d.frame, d.stream_id, d.utc, p_frame
+    FROM dreamcatcher.delta_log d
+    WHERE d.world = p_world AND d.late
+      AND NOT EXISTS (SELECT 1 FROM dreamcatcher.deferred_log x
+                      WHERE x.world = d.world AND x.frame = d.frame
+                        AND x.stream_id = d.stream_id AND x.utc = d.utc);
+
+    SELECT count(*) INTO v_deltas FROM dreamcatcher.frame_deltas(p_world, p_frame);
+
+    -- the rule set's compiled merge: the whole frame in one statement
+    EXECUTE format('SELECT m.stats, m.acc FROM dreamcatcher.%I($1, $2, $3) m', 'rules_' || v_tag || '_merge')
+       INTO v_stats, v_acc USING p_world, p_frame, v_deltas;
+
+    -- the state fingerprint, incrementally: previous sum + this frame's change, mod 2^64
+    SELECT f.state_acc INTO v_prev_acc FROM dreamcatcher.frame_log f
+     WHERE f.world = p_world AND f.status = 'merged' AND f.frame < p_frame
+     ORDER BY f.frame DESC LIMIT 1;
+    v_acc := coalesce(v_prev_acc, 0) + v_acc;
+    v_acc := mod(mod(v_acc, 18446744073709551616) + 18446744073709551616, 18446744073709551616);
+
+    UPDATE dreamcatcher.frame_log
+       SET status = 'merged', merge_started_at = v_started, merged_at = clock_timestamp(), delta_count = v_deltas,
+           state_acc = v_acc, state_hash = dreamcatcher.state_hash_text(v_acc), stats = v_stats,
+           rules = p_rules
+     WHERE world = p_world AND frame = p_frame;
+    RETURN v_stats || jsonb_build_object(
+        'state_hash', dreamcatcher.state_hash_text(v_acc),
+        'close_to_merged', (SELECT extract(epoch FROM f.merged_at - f.closed_at)::float8
+                            FROM dreamcatcher.frame_log f WHERE f.world = p_world AND f.frame = p_frame));
+END $$;
+
+-- Merge one closed frame with the rules in effect for it: what the merger calls.
+CREATE OR REPLACE FUNCTION dreamcatcher.merge_frame(p_world text, p_frame bigint) RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT dreamcatcher.merge_frame_with(p_world, p_frame, dreamcatcher.rules_at(p_world, p_frame))
+$$;
+
+-- ---------------------------------------------------------------------------
+-- The items of frames' merges that the rules read as one entity (blame, in the inspector):
+-- every item of the delta keys p_keys of the deltas merged into the frames p_frames, read by the
+-- item reader (rules_<tag>_read_item) of the rule set that merged each frame, kept when it is
+-- entity (p_kind, p_ekey) and has no reason to be quarantined. Only items whose JSON text holds
+-- every text of p_parts are read (a cheap test that spares the readers other entities' items;
+-- empty: no such test). Unordered: the caller sorts in the merge's apply order
+-- (into_frame, frame, utc, stream_id in "C", rank, pos).
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION dreamcatcher.entity_items(
+    p_world text, p_kind text, p_ekey text, p_frames bigint[], p_keys text[], p_parts text[])
+RETURNS TABLE (into_frame bigint, frame bigint, stream_id text, utc timestamptz, key text,
+               rank integer, pos bigint, data jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT s.tag, array_agg(f.frame) AS frames
+             FROM dreamcatcher.frames f
+             JOIN dreamcatcher.rule_sets s ON s.id = coalesce(f.rules, dreamcatcher.rules_at(f.world, f.frame))
+             WHERE f.world = p_world AND f.frame = ANY (p_frames)
+             GROUP BY s.tag LOOP
+        RETURN QUERY EXECUTE format($q$
+            SELECT d.into_frame, d.frame, d.stream_id, d.utc, k.key, i.rank, x.pos, i.data
+            FROM dreamcatcher.frame_inputs d
+            CROSS JOIN LATERAL jsonb_object_keys(d.payload) AS k(key)
+            CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(d.payload -> k.key))
+                       WITH ORDINALITY AS x(item, pos)
+            CROSS JOIN LATERAL dreamcatcher.%I(k.key, x.item, d.frame, d.stream_id, d.utc, x.pos) i
+            WHERE d.world = $1 AND d.into_frame = ANY ($2) AND k.key = ANY ($3)
+              AND NOT dreamcatcher.is_meta_key(k.key)
+              AND NOT EXISTS (SELECT 1 FROM unnest($4) AS n(part) WHERE strpos(x.item::text, n.part) = 0)
+              AND i.kind = $5 AND i.ekey = $6 AND i.reason IS NULL$q$,
+            'rules_' || r.tag || '_read_item')
+        USING p_world, r.frames, p_keys, p_parts, p_kind, p_ekey;
+    END LOOP;
+END $$;
+
+-- dreamcatcher_pg time travel: the state at a frame, and an index-driven diff.
+-- Applied after merge.sql and before views.sql; safe to run twice.
+--
+-- The state right after frame F is every version with
+--   valid_from <= F AND (valid_to IS NULL OR valid_to > F)
+-- A btree on (world, kind, valid_from) answers that by reading every version that
+-- started at or before F and throwing away the ones closed since: the cost grows with F.
+-- The versions alive at F are an interval "stabbing" query, which the GiST index
+-- entity_versions_history over [valid_from, valid_to) (schema.sql) answers in time that
+-- follows the result, not the history. Current versions (valid_to IS NULL) are read
+-- through entity_versions_current.
+
+-- The kinds a world has entities of: a loose index scan (one probe per kind).
+CREATE OR REPLACE FUNCTION dreamcatcher.world_kinds(p_world text)
+RETURNS TABLE (kind text)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE k(kind) AS (
+        SELECT min(v.kind) FROM dreamcatcher.entity_versions v WHERE v.world = p_world
+        UNION ALL
+        SELECT (SELECT min(v.kind) FROM dreamcatcher.entity_versions v
+                WHERE v.world = p_world AND v.kind > k.kind)
+        FROM k WHERE k.kind IS NOT NULL
+    )
+    SELECT k.kind FROM k WHERE k.kind IS NOT NULL
+$$;
+
+-- All entities of one kind as they were right after `frame` merged: the current versions
+-- that already existed then, plus the closed versions whose [valid_from, valid_to) holds the
+-- frame (found through the GiST index entity_versions_history), so the cost follows the
+-- size of the answer, not the length of the history. `key` is the entity's key values as a
+-- JSON array in the order its rules declare them (NULL for an append kind); `ekey` is the
+-- same key as the merge writes it.
+DO $$
+BEGIN
+    IF to_regprocedure('dreamcatcher.entities_at(text, text, bigint)') IS NOT NULL
+       AND pg_get_function_result(to_regprocedure('dreamcatcher.entities_at(text, text, bigint)')) NOT LIKE '%key jsonb%' THEN
+        DROP FUNCTION dreamcatcher.entities_at(text, text, bigint);
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION dreamcatcher.entities_at(p_world text, p_kind text, p_frame bigint)
+RETURNS TABLE (world text, kind text, ekey text, key jsonb, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT v.world, v.kind, v.ekey, dreamcatcher.decode_key(enc.e, v.ekey), v.data, v.first_frame, v.valid_from
+    FROM (SELECT dreamcatcher.key_encoding(p_world, p_kind, p_frame) AS e) enc,
+         LATERAL (SELECT c.* FROM dreamcatcher.entity_versions c
+                  WHERE c.world = p_world AND c.kind = p_kind AND c.valid_to IS NULL AND c.valid_from <= p_frame
+                  UNION ALL
+                  SELECT c.* FROM dreamcatcher.entity_versions c
+                  WHERE c.world = p_world AND c.kind = p_kind AND c.valid_to IS NOT NULL
+                    AND int8range(c.valid_from, c.valid_to) @> p_frame) v
+$$;
+
+-- The current entities of one kind (same columns as entities_at).
+CREATE OR REPLACE FUNCTION dreamcatcher.entities(p_world text, p_kind text)
+RETURNS TABLE (world text, kind text, ekey text, key jsonb, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT v.world, v.kind, v.ekey, dreamcatcher.decode_key(enc.e, v.ekey), v.data, v.first_frame, v.valid_from
+    FROM (SELECT dreamcatcher.key_encoding(p_world, p_kind, 9223372036854775807) AS e) enc,
+         LATERAL (SELECT c.* FROM dreamcatcher.entity_versions c
+                  WHERE c.world = p_world AND c.kind = p_kind AND c.valid_to IS NULL) v
+$$;
+
+-- One entity (kind, ekey) as it was right after `frame` merged: an index probe, whatever the history.
+CREATE OR REPLACE FUNCTION dreamcatcher.entity_at(p_world text, p_kind text, p_ekey text, p_frame bigint)
+RETURNS TABLE (world text, kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from
+    FROM dreamcatcher.entity_versions v
+    WHERE v.world = p_world AND v.kind = p_kind AND v.ekey = p_ekey AND v.valid_from <= p_frame
+      AND (v.valid_to IS NULL OR v.valid_to > p_frame)
+    ORDER BY v.valid_from DESC
+    LIMIT 1
+$$;
+
+-- The whole state of a world right after `frame`: every kind (or one, when
+-- p_kind is given). Columns: kind, ekey, data, first_frame, last_frame.
+CREATE OR REPLACE FUNCTION dreamcatcher.state_at(p_world text, p_frame bigint, p_kind text DEFAULT NULL)
+RETURNS TABLE (kind text, ekey text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.kind, e.ekey, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.world_kinds(p_world) k
+    CROSS JOIN LATERAL dreamcatcher.entities_at(p_world, k.kind, p_frame) e
+    WHERE p_kind IS NULL OR k.kind = p_kind
+$$;
+
+-- Same rows as dreamcatcher.diff(world, a, b), in the same order, but it reads
+-- only the entities that changed between the two frames: those with a version
+-- that started after the earlier frame and at or before the later one, or that a
+-- deletion ended then (entity_ends: otherwise a version closes only when its
+-- successor starts in the same frame). Then one index probe per entity and side.
+CREATE OR REPLACE FUNCTION dreamcatcher.entity_changes(p_world text, p_frame_a bigint, p_frame_b bigint)
+RETURNS TABLE (kind text, ekey text, change text, before jsonb, after jsonb, fields text[])
+LANGUAGE sql STABLE AS $$
+    WITH touched AS (
+        SELECT DISTINCT v.kind, v.ekey
+        FROM dreamcatcher.world_kinds(p_world) k
+        JOIN dreamcatcher.entity_versions v
+          ON v.world = p_world AND v.kind = k.kind
+         AND v.valid_from > least(p_frame_a, p_frame_b) AND v.valid_from <= greatest(p_frame_a, p_frame_b)
+        UNION
+        SELECT x.kind, x.ekey FROM dreamcatcher.entity_ends x
+        WHERE x.world = p_world AND x.frame > least(p_frame_a, p_frame_b) AND x.frame <= greatest(p_frame_a, p_frame_b)
+    ),
+    sides AS (
+        -- the version alive right after each frame: the latest that started at or before it,
+        -- unless it had ended by then
+        SELECT t.kind, t.ekey, xa.data AS a, xb.data AS b
+        FROM touched t
+        LEFT JOIN LATERAL (
+            SELECT CASE WHEN x.valid_to IS NULL OR x.valid_to > p_frame_a THEN x.data END AS data
+            FROM dreamcatcher.entity_versions x
+            WHERE x.world = p_world AND x.kind = t.kind AND x.ekey = t.ekey AND x.valid_from <= p_frame_a
+            ORDER BY x.valid_from DESC LIMIT 1) xa ON true
+        LEFT JOIN LATERAL (
+            SELECT CASE WHEN x.valid_to IS NULL OR x.valid_to > p_frame_b THEN x.data END AS data
+            FROM dreamcatcher.entity_versions x
+            WHERE x.world = p_world AND x.kind = t.kind AND x.ekey = t.ekey AND x.valid_from <= p_frame_b
+            ORDER BY x.valid_from DESC LIMIT 1) xb ON true
+    )
+    SELECT s.kind, s.ekey,
+           CASE WHEN s.a IS NULL THEN 'added' WHEN s.b IS NULL THEN 'removed' ELSE 'changed' END,
+           s.a, s.b,
+           CASE WHEN s.a IS NOT NULL AND s.b IS NOT NULL AND jsonb_typeof(s.a) = 'object'
+                     AND jsonb_typeof(s.b) = 'object' THEN
+               ARRAY(SELECT f FROM (SELECT jsonb_object_keys(s.a) UNION SELECT jsonb_object_keys(s.b)) u(f)
+                     WHERE (s.a -> f) IS DISTINCT FROM (s.b -> f) ORDER BY f)
+           END
+    FROM sides s
+    WHERE s.a IS DISTINCT FROM s.b
+    ORDER BY 1, 2
+$$;
+
+-- dreamcatcher_pg public SQL surface: views of the current state, the log and
+-- the frames, and the time-travel functions (*_at) and diff.
+-- Every entity view has: world, its key columns, data, first_frame, last_frame.
+
+CREATE OR REPLACE VIEW dreamcatcher.deltas AS
+    SELECT world, frame, stream_id, utc, payload, late, inserted_at, id
+    FROM dreamcatcher.delta_log;
+
+CREATE OR REPLACE VIEW dreamcatcher.frames AS
+    SELECT f.world, f.frame, f.status,
+           coalesce(f.delta_count,
+                    (SELECT count(*) FROM dreamcatcher.delta_log d
+                     WHERE d.world = f.world AND d.frame = f.frame AND NOT d.late)) AS delta_count,
+           f.state_hash, f.closed_at, f.merged_at, f.opened_at, f.close_reason, f.stats,
+           f.rules,  -- the rule set that merged the frame (dreamcatcher.rule_sets)
+           f.merge_started_at  -- when its merge began (merged_at - merge_started_at: its duration)
+    FROM dreamcatcher.frame_log f;
+
+-- The leader merger of each world (its last heartbeat), and whether its session holds the lock now.
+CREATE OR REPLACE VIEW dreamcatcher.leaders AS
+    SELECT m.world, m.holder, m.backend_pid, m.started_at, m.heartbeat_at,
+           dreamcatcher.leader_lock_holder(m.world) IS NOT DISTINCT FROM m.backend_pid AS holds_lock
+    FROM dreamcatcher.mergers m;
+
+-- What the merge of each frame takes (what merge_frame reads through frame_deltas): the frame's
+-- own deltas, and the late ones deferred into it (their `frame` is the one they were written for).
+CREATE OR REPLACE VIEW dreamcatcher.frame_inputs AS
+    SELECT d.world, d.frame AS into_frame, d.frame, d.stream_id, d.utc, d.payload, d.late
+    FROM dreamcatcher.delta_log d
+    WHERE NOT d.late
+    UNION ALL
+    SELECT d.world, x.merged_in, d.frame, d.stream_id, d.utc, d.payload, d.late
+    FROM dreamcatcher.deferred_log x
+    JOIN dreamcatcher.delta_log d USING (world, frame, stream_id, utc);
+
+CREATE OR REPLACE VIEW dreamcatcher.quarantine AS
+    SELECT q.world, q.frame, q.stream_id, q.reason, q.item, q.utc, q.key, q.position, q.merged_in,
+           q.noted_at, q.id
+    FROM dreamcatcher.quarantine_log q;
+
+-- attempted_at: the first attempt; attempts: how many (a retry of the same delta counts here)
+CREATE OR REPLACE VIEW dreamcatcher.late_attempts AS
+    SELECT l.world, l.frame, l.stream_id, l.utc, l.policy, l.payload, l.attempted_at, l.id,
+           l.attempts, coalesce(l.last_attempt_at, l.attempted_at) AS last_attempt_at
+    FROM dreamcatcher.late_log l;
+
+-- Current state (same shape as entities_at).
+CREATE OR REPLACE VIEW dreamcatcher.entities AS
+    SELECT v.world, v.kind, v.ekey, v.data, v.first_frame, v.valid_from AS last_frame
+    FROM dreamcatcher.entity_versions v WHERE v.valid_to IS NULL;
+
+-- posts ----------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.posts AS
+    SELECT e.world, (e.data ->> 'number')::bigint AS number, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'post';
+CREATE OR REPLACE FUNCTION dreamcatcher.posts_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, number bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, (e.data ->> 'number')::bigint, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'post', p_frame) e
+$$;
+
+-- One post as it was right after `frame` merged (uses the primary key).
+CREATE OR REPLACE FUNCTION dreamcatcher.post_at(p_world text, p_number bigint, p_frame bigint)
+RETURNS TABLE (world text, number bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, (e.data ->> 'number')::bigint, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entity_at(p_world, 'post', p_number::text, p_frame) e
+$$;
+
+-- agents ---------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.agents AS
+    SELECT e.world, e.ekey AS id, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'agent';
+CREATE OR REPLACE FUNCTION dreamcatcher.agents_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, id text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.ekey, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'agent', p_frame) e
+$$;
+
+-- comments -------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.comments AS
+    SELECT e.world, dreamcatcher.jtext(e.data -> 'id') AS id,
+           dreamcatcher.jint(e.data -> 'discussion') AS discussion,
+           dreamcatcher.jtext(e.data -> 'author') AS author,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'comment';
+CREATE OR REPLACE FUNCTION dreamcatcher.comments_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, id text, discussion bigint, author text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, dreamcatcher.jtext(e.data -> 'id'), dreamcatcher.jint(e.data -> 'discussion'),
+           dreamcatcher.jtext(e.data -> 'author'), e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'comment', p_frame) e
+$$;
+
+-- reactions ------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.reactions AS
+    SELECT e.world, e.data ->> 'target' AS target, e.data ->> 'type' AS type,
+           e.data ->> 'author' AS author, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'reaction';
+CREATE OR REPLACE FUNCTION dreamcatcher.reactions_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, target text, type text, author text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.data ->> 'target', e.data ->> 'type', e.data ->> 'author',
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'reaction', p_frame) e
+$$;
+
+-- chapters -------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.chapters AS
+    SELECT e.world, e.data ->> 'book' AS book, e.data ->> 'agent' AS agent,
+           (e.data ->> 'chapter')::bigint AS chapter, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'chapter';
+CREATE OR REPLACE FUNCTION dreamcatcher.chapters_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, book text, agent text, chapter bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.data ->> 'book', e.data ->> 'agent', (e.data ->> 'chapter')::bigint,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'chapter', p_frame) e
+$$;
+
+-- books ----------------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.books AS
+    SELECT e.world, e.ekey AS book, (e.data ->> 'target')::bigint AS target,
+           (e.data ->> 'compiled_frame')::bigint AS compiled_frame, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'book';
+CREATE OR REPLACE FUNCTION dreamcatcher.books_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, book text, target bigint, compiled_frame bigint, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, e.ekey, (e.data ->> 'target')::bigint, (e.data ->> 'compiled_frame')::bigint,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'book', p_frame) e
+$$;
+
+-- observations ---------------------------------------------------------------
+CREATE OR REPLACE VIEW dreamcatcher.observations AS
+    SELECT e.world, (e.ekey::jsonb ->> 0)::bigint AS frame, e.ekey::jsonb ->> 1 AS stream_id,
+           e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities e WHERE e.kind = 'observation';
+CREATE OR REPLACE FUNCTION dreamcatcher.observations_at(p_world text, p_frame bigint)
+RETURNS TABLE (world text, frame bigint, stream_id text, data jsonb, first_frame bigint, last_frame bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.world, (e.ekey::jsonb ->> 0)::bigint, e.ekey::jsonb ->> 1, e.data, e.first_frame, e.last_frame
+    FROM dreamcatcher.entities_at(p_world, 'observation', p_frame) e
+$$;
+
+-- diff -----------------------------------------------------------------------
+-- What changed between the state after frame_a and the state after frame_b:
+-- one row per entity added, removed or changed (with the changed fields).
+-- Reads only the entities with a version started between the two frames.
+CREATE OR REPLACE FUNCTION dreamcatcher.diff(p_world text, p_frame_a bigint, p_frame_b bigint)
+RETURNS TABLE (kind text, ekey text, change text, before jsonb, after jsonb, fields text[])
+LANGUAGE sql STABLE AS $$
+    SELECT * FROM dreamcatcher.entity_changes(p_world, p_frame_a, p_frame_b)
+$$;
