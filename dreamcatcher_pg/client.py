@@ -86,6 +86,8 @@ class DeltaClient:
         ident = validate_identity(world, stream_id)
         self.world = ident.world
         self.stream_id = ident.stream_id
+        #: the structured fields of this client's log lines (``extra=``)
+        self._log_fields: dict[str, Any] = {"world": self.world, "stream": self.stream_id}
         self._pool = pool
         self._dsn = dsn
         self._owns_pool = owns_pool
@@ -192,10 +194,10 @@ class DeltaClient:
                 if isinstance(exc, asyncpg.SerializationError) and attempt < self._retries:
                     # a merge passed the frame this call was making while it ran: nothing was
                     # stored; the retry finds the frame late, as the world's policy says
-                    log.info("insert raced a merge (%s); retrying", exc)
+                    log.info("insert raced a merge (%s); retrying", exc, extra=self._log_fields)
                     continue
                 if isinstance(err, ConnectionLostError) and attempt < self._retries:
-                    log.warning("connection lost (%s); retrying in %.2fs", exc, delay)
+                    log.warning("connection lost (%s); retrying in %.2fs", exc, delay, extra=self._log_fields)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
@@ -350,7 +352,8 @@ class DeltaClient:
             try:
                 await self._ensure_listener()
             except ConnectionLostError:
-                log.warning("cannot LISTEN for merges; polling every %.1fs", poll)
+                log.warning("cannot LISTEN for merges; polling every %.1fs", poll,
+                            extra={**self._log_fields, "frame": frame})  # fmt: skip
             event = self._merged_event  # taken before the check: a merge after it sets this event
             try:
                 row = await self._call(query("frame_status"), self.world, frame, row=True)

@@ -51,7 +51,12 @@ class Leadership:
         if not self.stats.is_leader:
             self.stats.is_leader = bool(await self._conn.fetchval(query("try_leader_lock"), self.world))
             if self.stats.is_leader:
-                log.info("merger %s leads world %r", self.holder, self.world)
+                log.info(
+                    "merger %s leads world %r",
+                    self.holder,
+                    self.world,
+                    extra={"world": self.world, "holder": self.holder},
+                )
                 await self._heartbeat()
         return self.stats.is_leader
 
@@ -92,7 +97,7 @@ class Leadership:
                     self.leader_timeout,
                 )
             except DRIVER_ERRORS as exc:  # the run loop sees a broken connection itself
-                log.debug("heartbeat of world %r not sent: %s", self.world, exc)
+                log.debug("heartbeat of world %r not sent: %s", self.world, exc, extra={"world": self.world})
 
     def _start_beats(self) -> None:
         if self._beats is None or self._beats.done():
@@ -137,6 +142,7 @@ class Leadership:
             pid,
             row["silent_for"],
             self.leader_timeout,
+            extra={"world": self.world, "holder": row["holder"], "pid": pid, "silent_for": row["silent_for"]},
         )
         try:
             ended = await self._conn.fetchval(query("end_silent_leader"), self.world, self.leader_timeout)
@@ -147,6 +153,7 @@ class Leadership:
                 "superuser), or grant pg_signal_backend",
                 self.world,
                 exc,
+                extra={"world": self.world},
             )
             return None
         return int(ended) if ended is not None else None

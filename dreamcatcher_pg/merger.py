@@ -90,6 +90,12 @@ class Merger(Leadership):
         #: the sessions found holding this world's fences the last time a close or claim waited
         self.stuck: list[dict[str, Any]] = []
         self._stuck_checked = 0.0
+        #: when run()'s loop started or last completed an iteration (time.monotonic(); None: not
+        #: running), the iterations completed, and the error of the last one if it failed (None
+        #: after one that worked): /healthz and /readyz read them (loop_state())
+        self.loop_at: float | None = None
+        self.loop_iterations = 0
+        self.loop_error: str | None = None
 
     # -- connections --
 
@@ -157,11 +163,15 @@ class Merger(Leadership):
                     row["reason"],
                     self.close_wait,
                     holders or "?",
+                    extra={"world": self.world, "frame": row["frame"], "reason": row["reason"]},
                 )
                 await self.end_stuck_writers(waited=True)
                 continue
             if status == "closed":
-                log.info("world %r frame %s closed (%s)", self.world, row["frame"], row["reason"])
+                log.info(
+                    "world %r frame %s closed (%s)", self.world, row["frame"], row["reason"],
+                    extra={"world": self.world, "frame": row["frame"], "reason": row["reason"]},
+                )  # fmt: skip
                 closed.append(int(row["frame"]))
         self.stats.frames_closed += len(closed)
         return closed
@@ -202,6 +212,7 @@ class Merger(Leadership):
                 "or grant it pg_signal_backend",
                 self.world,
                 exc,
+                extra={"world": self.world},
             )
             return []
         for w in ended:
@@ -246,6 +257,7 @@ class Merger(Leadership):
                     "world %r: the claim of the next frame waited %.1fs for the world lock; trying later",
                     self.world,
                     self.close_wait,
+                    extra={"world": self.world},
                 )
                 await self.end_stuck_writers(waited=True)
                 break
@@ -276,6 +288,15 @@ class Merger(Leadership):
                 stats["quarantined"],
                 seconds * 1000,
                 result.state_hash,
+                extra={
+                    "world": self.world,
+                    "frame": result.frame,
+                    "deltas": result.deltas,
+                    "changes": stats["changes"],
+                    "quarantined": stats["quarantined"],
+                    "duration_ms": round(seconds * 1000, 3),
+                    "hash": result.state_hash,
+                },
             )
             if self.on_merged is not None:
                 self.on_merged(result)
@@ -318,10 +339,13 @@ class Merger(Leadership):
         """
         stop = stop or asyncio.Event()
         backoff = 0.1
+        self.loop_error, self.loop_iterations = None, 0
+        self.loop_at = time.monotonic()
         log.info(
             "merger %s for world %r started; standing by until it holds the leader lock",
             self.holder,
             self.world,
+            extra={"world": self.world, "holder": self.holder},
         )
         while not stop.is_set():
             try:
@@ -329,34 +353,80 @@ class Merger(Leadership):
                     await self._stop_beats()
                     if await self.end_silent_leader() is not None:
                         continue  # its lock is free: take it now
+                    self._loop_done(None)
                     await self._sleep(stop, self.poll_interval)  # standby
                     continue
                 self._start_beats()
                 self._wakeup.clear()
                 await self.tick()
                 backoff = 0.1
-                await self._sleep(stop, await self._next_wait())
+                wait = await self._next_wait()
+                self._loop_done(None)
+                await self._sleep(stop, wait)
             except asyncio.CancelledError:
                 raise
             except SchemaVersionError:  # the database is not the one this merger can merge
+                self.loop_at = None  # ended: /healthz and /readyz say so
                 await self.aclose()
                 raise
             except Exception as exc:
                 if self._connection_lost(exc):
                     self.stats.reconnects += 1
-                    log.warning("merger lost its connection (%s); reconnecting in %.1fs", exc, backoff)
+                    log.warning("merger of world %r lost its connection (%s); reconnecting in %.1fs",
+                                self.world, exc, backoff, extra={"world": self.world})  # fmt: skip
                 elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                     self.stats.errors += 1
                     err = map_db_error(exc)
-                    log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff)
+                    log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff,
+                              extra={"world": self.world})  # fmt: skip
                 else:  # not the database's: log the traceback, and carry on all the same
                     self.stats.errors += 1
-                    log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff)
+                    log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff,
+                                  extra={"world": self.world})  # fmt: skip
+                self._loop_done(f"{type(exc).__name__}: {exc}")
                 await self._stop_beats()
                 await self._disconnect()
                 await self._sleep(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         await self.aclose()
+        self.loop_at = None  # stopped: /healthz says so
+
+    def _loop_done(self, error: str | None) -> None:
+        # loop_at last: a reader (another thread) that sees the new time sees the rest too
+        self.loop_error = error
+        self.loop_iterations += 1
+        self.loop_at = time.monotonic()
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a completed loop iteration after which /healthz calls this merger stalled:
+        its leader timeout (30 s when it has none), and at least three poll intervals."""
+        timeout = self.leader_timeout if self.leader_timeout is not None else DEFAULT_LEADER_TIMEOUT
+        return max(timeout, 3 * self.poll_interval)
+
+    def loop_state(self) -> dict[str, Any]:
+        """For /healthz and /readyz (from any thread): role (starting: no iteration completed yet,
+        leader, standby, failing: the last iteration failed, stopped), seconds since the loop last
+        completed an iteration (or started), whether that is within :attr:`stale_after`."""
+        at = self.loop_at
+        error, iterations = self.loop_error, self.loop_iterations
+        age = None if at is None else max(0.0, time.monotonic() - at)
+        if at is None:
+            role = "stopped"
+        elif iterations == 0:
+            role = "starting"
+        elif error is not None:
+            role = "failing"
+        else:
+            role = "leader" if self.stats.is_leader else "standby"
+        return {
+            "holder": self.holder,
+            "role": role,
+            "alive": age is not None and age <= self.stale_after,
+            "loop_age_seconds": age,
+            "stale_after_seconds": self.stale_after,
+            "error": error,
+        }
 
     def _connection_lost(self, exc: BaseException) -> bool:
         """Did ``exc`` come from a connection that broke (rather than from a failed merge)?"""

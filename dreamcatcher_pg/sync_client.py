@@ -88,6 +88,8 @@ class SyncDeltaClient:
         ident = validate_identity(world, stream_id)
         self.world = ident.world
         self.stream_id = ident.stream_id
+        #: the structured fields of this client's log lines (``extra=``)
+        self._log_fields: dict[str, Any] = {"world": self.world, "stream": self.stream_id}
         self._dsn = dsn
         self._max_payload_bytes = max_payload_bytes
         self._retries = retries
@@ -203,10 +205,10 @@ class SyncDeltaClient:
                 if _sqlstate(exc) == "40001" and attempt < self._retries:
                     # a merge passed the frame this call was making while it ran: nothing was
                     # stored; the retry finds the frame late, as the world's policy says
-                    log.info("insert raced a merge (%s); retrying", exc)
+                    log.info("insert raced a merge (%s); retrying", exc, extra=self._log_fields)
                     continue
                 if isinstance(err, ConnectionLostError) and attempt < self._retries:
-                    log.warning("connection lost (%s); retrying in %.2fs", exc, delay)
+                    log.warning("connection lost (%s); retrying in %.2fs", exc, delay, extra=self._log_fields)
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
@@ -371,7 +373,7 @@ class SyncDeltaClient:
                 try:
                     self._listen()
                 except ConnectionLostError:
-                    log.warning("cannot LISTEN for merges; polling every %.1fs", poll)
+                    log.warning("cannot LISTEN for merges; polling every %.1fs", poll, extra=self._log_fields)
             try:
                 found = self._call(query("frame_status"), self.world, frame, row=True)
             except ConnectionLostError as exc:
@@ -400,7 +402,7 @@ class SyncDeltaClient:
                         pass
                     return
                 except SYNC_DRIVER_ERRORS as exc:
-                    log.warning("LISTEN connection lost (%s)", exc)
+                    log.warning("LISTEN connection lost (%s)", exc, extra=self._log_fields)
                     with contextlib.suppress(Exception):
                         listener.close()
                     self._listener = None

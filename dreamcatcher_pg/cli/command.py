@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -43,14 +42,11 @@ Command = Callable[[argparse.Namespace, str], int]
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (UTC, ISO 8601), level, logger, msg, plus fields.
 
-    Fields: the ``key=value`` pairs of the message (the merger's per-merge line
-    ``merged world=w frame=7 deltas=12 ... duration_ms=3.1`` gives ``world``,
-    ``frame``, ``deltas``, ``duration_ms``, ... with numbers as numbers) and any
-    ``extra={...}`` the caller passed.
+    Fields: whatever the call site passed as ``extra={...}`` (the library passes
+    ``world``, ``frame``, ``stream``, ``duration_ms``, ... on every line about them),
+    with their types: the message text is never parsed.
     """
 
-    _PAIR = re.compile(r"(?:^|\s)([a-z_][a-z0-9_]*)=(\S+)")
-    _TEXT = frozenset({"world", "stream", "stream_id", "holder"})  # names, even when they look numeric
     _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
     def format(self, record: logging.LogRecord) -> str:
@@ -61,23 +57,12 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": msg,
         }
-        for key, value in self._PAIR.findall(msg):
-            doc.setdefault(key, value if key in self._TEXT or key.endswith("hash") else _scalar(value))
         for key, value in record.__dict__.items():
             if key not in self._RESERVED and not key.startswith("_"):
                 doc.setdefault(key, value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
-
-
-def _scalar(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def configure_logging(fmt: str, verbose: int, *, service: bool = False) -> None:
@@ -225,15 +210,16 @@ async def run_mergers(
     leader_timeout: float | None,
     stop: asyncio.Event,
     metrics_port: int | None,
+    metrics_address: str | None = None,
 ) -> None:
     """Run one merger per world until ``stop`` is set (optionally serving metrics)."""
     from ..merger import Merger
 
     mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
     if metrics_port is not None:
-        from ..ops.metrics import start_metrics_server
+        from ..ops.metrics import DEFAULT_METRICS_ADDRESS, start_metrics_server
 
-        start_metrics_server(metrics_port, mergers)
+        start_metrics_server(metrics_port, mergers, addr=metrics_address or DEFAULT_METRICS_ADDRESS)
     await asyncio.gather(*(m.run(stop) for m in mergers))
 
 
@@ -253,10 +239,19 @@ def cmd_merger(args: argparse.Namespace, dsn: str) -> int:
             leader_timeout=settings.leader_timeout if args.leader_timeout is None else args.leader_timeout,
             stop=stop,
             metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
         )
 
     asyncio.run(run())
     return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace, dsn: str) -> int:
+    from ..ops.health import check_health
+
+    report = asyncio.run(check_health(dsn, args.world, max_lag=args.max_lag, timeout=args.timeout))
+    print(report.message)
+    return int(report.code)
 
 
 # -- parser ---------------------------------------------------------------------
@@ -390,7 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: any free port); off by default",
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics, and /healthz and /readyz "
+        "(0: any free port); off by default",
+    )
+    p.add_argument(
+        "--metrics-address",
+        metavar="ADDRESS",
+        default=os.environ.get("DREAMCATCHER_METRICS_ADDRESS") or None,
+        help="address the metrics port listens on (default: $DREAMCATCHER_METRICS_ADDRESS or 127.0.0.1, "
+        "this host only; 0.0.0.0 or :: for every interface, as in a container)",
     )
     p.set_defaults(func=cmd_merger)
 
@@ -400,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each world: frames open/closed/merged, the last merged frame and its "
         "deltas, merge lag (closed frames waiting, and for how long), the open frame's streams "
         "against the expected ones, late attempts, quarantined items, delta keys no rule reads, "
-        "and the leader merger with its heartbeat.",
+        "and the leader merger with its heartbeat. Exits like `dreamcatcher healthcheck`: 0 when "
+        "every world is healthy, else the code of the worst problem (docs/operations.md).",
     )
     p.add_argument("--world", help="only this world")
     p.add_argument(
@@ -408,7 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a JSON array, one object per world (with --watch: one array per line)",
     )
-    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (then exit 0)")
+    p.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="SECONDS",
+        help="also exit 4 when a world's oldest closed frame has waited longer than this",
+    )
     p.add_argument(
         "--interval",
         type=float,
@@ -417,6 +427,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="--watch refresh interval (default 1.0)",
     )
     p.set_defaults(func=status.cmd_status)
+
+    p = sub.add_parser(
+        "healthcheck",
+        help="exit 0 when the database, the schema and every world's merger are healthy",
+        description="Check the database (reachable, the login accepted), the schema (present and "
+        "current), and for each world (or --world) that a merger holds its leader lock and sent a "
+        "heartbeat within its leader timeout, and with --max-lag that no closed frame waits longer. "
+        "Prints one line saying why. Exit codes: 0 healthy, 2 no server configured, 3 database "
+        "unreachable or login refused, 4 schema missing or not current, 5 a world without a live "
+        "leader (or --world unknown), 6 merge lag over --max-lag; the lowest applies when several do.",
+    )
+    p.add_argument("--world", help="only this world (default: every world)")
+    p.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="SECONDS",
+        help="unhealthy (4) when a world's oldest closed, unmerged frame is older than this "
+        "(default: not checked)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to connect and to run each query before the database counts as unreachable (default 5)",
+    )
+    p.set_defaults(func=cmd_healthcheck)
 
     ingest.register(sub)
     demo.register(sub)

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 
 import orjson
@@ -222,6 +223,12 @@ def cmd_status(args: argparse.Namespace, dsn: str) -> int:
                 write=lambda line: print(line, flush=True),
             )
         return 0
+    from ..ops.health import HealthCode, check_health
+
+    health = asyncio.run(check_health(dsn, args.world, max_lag=args.max_lag))
+    if health.code in (HealthCode.DATABASE, HealthCode.SCHEMA):  # no database, no schema: nothing to show
+        print(f"dreamcatcher: {health.message}", file=sys.stderr)
+        return int(health.code)
     worlds = asyncio.run(collect_status(dsn, args.world))
     if args.json:
         print(status_json(worlds))
@@ -230,4 +237,6 @@ def cmd_status(args: argparse.Namespace, dsn: str) -> int:
 
         console = Console()
         console.print(render_status(worlds, console.width))
-    return 0
+    if not health.healthy:  # the same rules and exit codes as `dreamcatcher healthcheck`
+        print(f"dreamcatcher: {health.message}", file=sys.stderr)
+    return int(health.code)

@@ -30,26 +30,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import platform
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import asyncpg
+import orjson
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..db.connect import connect
 from ..db.queries import query
-from ..errors import DRIVER_ERRORS
+from ..db.schema_version import dreamcatcher_version
+from ..errors import DRIVER_ERRORS, DreamcatcherError
+from .health import SchemaState, liveness, readiness, schema_ready
 from .status import world_counts
 
 log = logging.getLogger(__name__)
@@ -74,8 +82,14 @@ class MergerLike(Protocol):
 
     def get_stats(self) -> dict[str, Any]: ...
 
+    def loop_state(self) -> dict[str, Any]: ...
+
 
 # -- the database side ------------------------------------------------------------
+
+
+class SchemaNotReadyError(Exception):
+    """The schema check of a refresh failed (the world numbers are not read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +134,9 @@ class DatabaseRefresher:
         self._snapshot: dict[str, WorldCounts] = {}
         self._lock = threading.Lock()  # the snapshot is read from the HTTP server's thread
         self._failing = False
+        #: the last schema check (for /readyz), and the time.time() of the last complete refresh
+        self.schema = SchemaState()
+        self.refreshed_at: float | None = None
 
     def snapshot(self) -> dict[str, WorldCounts]:
         """The last numbers read, by world (a copy; safe from any thread)."""
@@ -136,6 +153,10 @@ class DatabaseRefresher:
                 timeout=self.timeout,
                 command_timeout=self.timeout,
             )
+        ok, why = await schema_ready(self._conn)
+        self.schema.set(ok, why)
+        if not ok:
+            raise SchemaNotReadyError(why)
         for world in self.worlds:
             row = await self._conn.fetchrow(query("metrics_world"), world, self._merged_through.get(world))
             assert row is not None
@@ -159,6 +180,7 @@ class DatabaseRefresher:
             self._merged_through[world] = row["merged_through"]
             with self._lock:
                 self._snapshot[world] = counts
+        self.refreshed_at = time.time()
 
     async def run(self) -> None:
         """Refresh every ``interval`` seconds until cancelled; errors are counted and logged once."""
@@ -169,8 +191,10 @@ class DatabaseRefresher:
                     if self._failing:
                         log.info("metrics: reading the database works again")
                     self._failing = False
-                except (*DRIVER_ERRORS, TimeoutError) as exc:
+                except (*DRIVER_ERRORS, TimeoutError, SchemaNotReadyError, DreamcatcherError) as exc:
                     self.errors += 1
+                    if not isinstance(exc, SchemaNotReadyError):
+                        self.schema.set(False, f"cannot read the database: {type(exc).__name__}: {exc}")
                     if not self._failing:
                         log.warning(
                             "metrics: cannot read the database (%s); retrying every %.0fs", exc, self.interval
@@ -275,12 +299,23 @@ class MergerCollector(Collector):
             "Frame number of the last frame this process merged.",
             labels=["world"],
         )
+        loop_age = GaugeMetricFamily(
+            "dreamcatcher_merge_loop_age_seconds",
+            "Seconds since the merger's loop last completed an iteration (/healthz fails past its "
+            "leader timeout); absent while it is not running.",
+            labels=["world"],
+        )
         for s in stats:
             leader.add_metric([s["world"]], 1.0 if s["is_leader"] else 0.0)
             if s["last_frame"] is not None:
                 last.add_metric([s["world"]], float(s["last_frame"]))
+        for m in self.mergers:
+            age = m.loop_state()["loop_age_seconds"]
+            if age is not None:
+                loop_age.add_metric([m.world], float(age))
         yield leader
         yield last
+        yield loop_age
         if self.refresher is not None:
             yield from self._database_families()
 
@@ -346,6 +381,26 @@ class MergerCollector(Collector):
         )
         errors.add_metric([], float(self.refresher.errors))
         yield errors
+        refreshed = GaugeMetricFamily(
+            "dreamcatcher_metrics_refresh_timestamp_seconds",
+            "Unix time of the last complete read of the database-derived metrics (absent before the "
+            "first): alert on time() minus this for stale numbers.",
+        )
+        if self.refresher.refreshed_at is not None:
+            refreshed.add_metric([], self.refresher.refreshed_at)
+        yield refreshed
+
+
+class BuildInfoCollector(Collector):
+    """``dreamcatcher_build_info{version, python} 1``."""
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "dreamcatcher_build_info", "Always 1: the dreamcatcher-pg version and the Python running it.",
+            labels=["version", "python"],
+        )  # fmt: skip
+        info.add_metric([dreamcatcher_version(), platform.python_version()], 1.0)
+        yield info
 
 
 # -- the server -------------------------------------------------------------------
@@ -379,6 +434,7 @@ def build_registry(
     for merger in mergers:
         observer.attach(merger)
     registry.register(MergerCollector(mergers, refresher))
+    registry.register(BuildInfoCollector())
     if process_metrics:  # process_*, python_gc_*, python_info, as a default registry would have
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
@@ -392,14 +448,80 @@ def refresh_interval_for(mergers: Sequence[Any]) -> float:
     return min(max(5 * min(polls), low), high)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+#: The paths the metrics port answers (anything else: 404).
+PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def make_app(
+    registry: CollectorRegistry, mergers: Sequence[MergerLike], refresher: DatabaseRefresher | None
+) -> Callable[..., Any]:
+    """The WSGI app of the metrics port: ``/metrics``, ``/healthz``, ``/readyz``; 404 elsewhere.
+
+    ``/healthz`` and ``/readyz`` answer 200 or 503 with a small JSON body saying why
+    (:func:`~dreamcatcher_pg.ops.health.liveness`, :func:`~dreamcatcher_pg.ops.health.readiness`);
+    they read in-memory state only.
+    """
+    metrics_app = make_wsgi_app(registry)
+    schema = refresher.schema if refresher is not None else None
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return list(metrics_app(environ, start_response))
+        if path in ("/healthz", "/readyz"):
+            try:
+                ok, doc = liveness(mergers) if path == "/healthz" else readiness(mergers, schema)
+                status = "200 OK" if ok else "503 Service Unavailable"
+            except Exception as exc:  # a bug of ours: say so, as JSON, and log it once per request
+                log.exception("%s failed", path)
+                doc = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+                status = "500 Internal Server Error"
+            body = orjson.dumps(doc) + b"\n"
+            kind = "application/json"
+        else:
+            body = f"not found; this port serves {', '.join(PATHS)}\n".encode()
+            status, kind = "404 Not Found", "text/plain; charset=utf-8"
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body))),
+                                ("Cache-Control", "no-store")])  # fmt: skip
+        return [body]
+
+    return app
+
+
+def _serve(addr: str, port: int, app: Callable[..., Any]) -> tuple[WSGIServer, threading.Thread]:
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(_ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(addr, port, app, Server, _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="dreamcatcher-metrics-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+#: Where the metrics port listens unless told (``--metrics-address``): this host only.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+
+
 def start_metrics_server(
     port: int,
     mergers: Sequence[MergerLike],
     *,
-    addr: str = "0.0.0.0",
+    addr: str = DEFAULT_METRICS_ADDRESS,
     refresh_interval: float | None = None,
 ) -> MetricsServer:
-    """Serve the mergers' metrics on ``addr:port`` at ``/metrics`` (port 0: any free port).
+    """Serve the mergers' metrics on ``addr:port`` at ``/metrics`` (port 0: any free port),
+    and ``/healthz`` and ``/readyz`` (see :func:`make_app`).
 
     Call it from the mergers' event loop (``dreamcatcher merger`` does): the database
     refresher runs as a task of that loop, every ``refresh_interval`` seconds
@@ -422,11 +544,11 @@ def start_metrics_server(
             task = loop.create_task(refresher.run(), name="dreamcatcher-metrics-refresher")
     registry = build_registry(mergers, refresher)
     try:
-        server, thread = start_http_server(port, addr=addr, registry=registry)
+        server, thread = _serve(addr, port, make_app(registry, mergers, refresher))
     except BaseException:
         if task is not None:
             task.cancel()
         raise
     bound = int(server.server_address[1])
-    log.info("serving Prometheus metrics on http://%s:%s/metrics", addr, bound)
+    log.info("serving Prometheus metrics on http://%s:%s/metrics (and /healthz, /readyz)", addr, bound)
     return MetricsServer(bound, registry, refresher, server, thread, task)

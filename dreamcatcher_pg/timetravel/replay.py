@@ -198,6 +198,13 @@ async def replay_verify(
         report.deltas,
         report.ok,
         report.seconds,
+        extra={
+            "world": world,
+            "frames": report.frames,
+            "deltas": report.deltas,
+            "ok": report.ok,
+            "duration_ms": round(report.seconds * 1000, 1),
+        },
     )
     return report
 

@@ -1,5 +1,11 @@
 """docker-compose.yml, run for real: PostgreSQL, init, the merger with its metrics, 3 workers.
 
+The health checks too: postgres and the merger become ``healthy`` (the Dockerfile's
+HEALTHCHECK, overridden by the compose file to probe the merger's ``/readyz``), the workers
+(which start only once the merger is healthy) have none, ``/healthz`` and ``/readyz`` answer
+200 on the published port, other paths 404, and ``dreamcatcher healthcheck`` exits 0 inside
+the merger's container.
+
 Needs a Docker engine and the images, which no registry gives us here: .ci/run's
 docker stage makes both (docker/setup-engine.sh, docker/build-local-images.sh),
 then runs this file with ``DREAMCATCHER_COMPOSE_TEST=1``. With that variable set,
@@ -17,6 +23,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +137,29 @@ def wait_for(what: str, timeout: float, probe: object) -> object:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+def health(compose: list[str], env: dict[str, str], service: str) -> list[str]:
+    """The Docker health status of each container of ``service`` ("" when it has no health check)."""
+    ids = subprocess.run([*compose, "ps", "-q", service], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()  # fmt: skip
+    assert ids, f"no container for the service {service}"
+    statuses = []
+    for cid in ids:
+        out = subprocess.run(
+            ["docker", "inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", cid],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        statuses.append(out.strip())
+    return statuses
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def test_compose_stack_merges_frames_and_serves_metrics(
     stack: tuple[list[str], dict[str, str], int, int],
 ) -> None:
@@ -148,6 +178,26 @@ def test_compose_stack_merges_frames_and_serves_metrics(
         return (merged, streams) if merged >= 3 and streams == WORKERS else None
 
     wait_for("3 merged frames written by 3 workers", 180, merged_with_every_worker)
+
+    # health: postgres and the merger healthy (the workers waited for the merger), the rest none
+    def healthy() -> bool:
+        return all(health(compose, env, s) == ["healthy"] for s in ("postgres", "merger"))
+
+    wait_for("postgres and the merger healthy", 120, healthy)
+    assert health(compose, env, "worker") == [""] * WORKERS
+    base = f"http://127.0.0.1:{metrics_port}"
+    assert http_status(f"{base}/healthz") == 200
+    assert http_status(f"{base}/readyz") == 200
+    assert http_status(f"{base}/nothing-here") == 404
+    # the image's own HEALTHCHECK command (the compose file probes /readyz instead): /healthz
+    probe = subprocess.run([*compose, "exec", "-T", "merger", "python3", "-m", "dreamcatcher_pg.probe"],
+                           env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert probe.returncode == 0 and '"status":"ok"' in probe.stdout, (probe.stdout, probe.stderr)
+    argv = ["dreamcatcher", "healthcheck", "--world", "fleet", "--max-lag", "60"]
+    check = subprocess.run([*compose, "exec", "-T", "merger", *argv],
+                           env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert check.returncode == 0, (check.stdout, check.stderr)
+    assert check.stdout.startswith("healthy: 1 world (fleet)"), check.stdout
 
     def scrape() -> dict[str, float] | None:
         url = f"http://127.0.0.1:{metrics_port}/metrics"

@@ -57,9 +57,12 @@ async def cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-async def status_json(dsn: str, capsys: pytest.CaptureFixture[str], *extra: str) -> list[dict[str, Any]]:
+async def status_json(
+    dsn: str, capsys: pytest.CaptureFixture[str], *extra: str, code: int = 0
+) -> list[dict[str, Any]]:
+    """``status --json``; ``code``: its exit code (3 when a world shown has no live leader)."""
     capsys.readouterr()
-    assert await cli("--dsn", dsn, "status", "--json", *extra) == 0
+    assert await cli("--dsn", dsn, "status", "--json", *extra) == code
     doc = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document
     assert isinstance(doc, list)
     return doc
@@ -70,7 +73,7 @@ async def test_status_json_shows_every_fact(
 ) -> None:
     merger = await populate(dreamcatcher_dsn)
     try:
-        worlds = await status_json(dreamcatcher_dsn, capsys)
+        worlds = await status_json(dreamcatcher_dsn, capsys, code=3)  # quiet: no merger
         assert [w["world"] for w in worlds] == ["quiet", "w"]
         quiet, w = worlds
         # frames open / closed / merged, and the merge lag
@@ -110,12 +113,12 @@ async def test_status_json_shows_every_fact(
         assert quiet["last_merged_frame"] is None and quiet["recent_frames"] == []
 
         assert [x["world"] for x in await status_json(dreamcatcher_dsn, capsys, "--world", "w")] == ["w"]
-        assert await status_json(dreamcatcher_dsn, capsys, "--world", "nope") == []
+        assert await status_json(dreamcatcher_dsn, capsys, "--world", "nope", code=3) == []
     finally:
         await merger.aclose()
 
     # the leader gone: its name and heartbeat stay, but nobody holds the lock
-    (w,) = await status_json(dreamcatcher_dsn, capsys, "--world", "w")
+    (w,) = await status_json(dreamcatcher_dsn, capsys, "--world", "w", code=3)
     assert w["leader"] == merger.holder
     assert w["leader_alive"] is False and w["leader_lock_pid"] is None
 
@@ -123,7 +126,7 @@ async def test_status_json_shows_every_fact(
 async def test_status_table(dreamcatcher_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     await (await populate(dreamcatcher_dsn)).aclose()
     capsys.readouterr()
-    assert await cli("--dsn", dreamcatcher_dsn, "status", "--world", "w") == 0
+    assert await cli("--dsn", dreamcatcher_dsn, "status", "--world", "w") == 5  # its merger stopped
     out = re.sub(r"[\s│]+", " ", capsys.readouterr().out)  # wrapped cells joined again
     for fact in ("1/1/1", "#1: 3 deltas", "1 frames", "#2: 2/3 expected streams", "waiting for c",
                  "telemetry x2", "none (last: "):  # fmt: skip
