@@ -227,7 +227,7 @@ def cmd_status(args: argparse.Namespace, dsn: str) -> int:
 
     health = asyncio.run(check_health(dsn, args.world, max_lag=args.max_lag))
     if health.code in (HealthCode.DATABASE, HealthCode.SCHEMA):  # no database, no schema: nothing to show
-        print(f"dreamcatcher: {health.message}", file=sys.stderr)
+        print(f"dreamcatcher: error: {health.message.removeprefix('unhealthy: ')}", file=sys.stderr)
         return int(health.code)
     worlds = asyncio.run(collect_status(dsn, args.world))
     if args.json:

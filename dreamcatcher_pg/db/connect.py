@@ -74,16 +74,19 @@ async def create_pool(
     min_size: int,
     max_size: int,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     application_name: str | None = None,
     settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
-    """A pool whose connections have the session settings above; errors mapped."""
+    """A pool whose connections have the session settings above (``init``: run on each new
+    connection); errors mapped."""
     try:
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             reset=reset,
+            init=init,  # type: ignore[arg-type]  # (asyncpg-stubs: a Protocol of its own)
             server_settings=session_settings(application_name, settings),
         )
     except DRIVER_ERRORS as exc:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from ..db.connect import connect
 from ..db.queries import query
 from ..db.schema_version import schema_status
 from ..errors import DRIVER_ERRORS, DreamcatcherError
@@ -159,7 +160,13 @@ async def check_health(
     Never raises for a database problem: it is the report's :attr:`HealthCode.DATABASE`.
     """
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
+        conn = await connect(
+            dsn,
+            application_name="dreamcatcher healthcheck",
+            map_errors=False,
+            timeout=timeout,
+            command_timeout=timeout,
+        )
     except (*DRIVER_ERRORS, TimeoutError) as exc:
         return HealthReport(HealthCode.DATABASE, f"unhealthy: cannot connect to the database: {_why(exc)}")
     try:

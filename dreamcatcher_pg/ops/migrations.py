@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from ..db.connect import connect
 from ..db.schema_version import (
     Migration,
     SchemaState,
@@ -242,7 +243,7 @@ async def migrate(conn: asyncpg.Connection, *, force: bool = False) -> MigrateRe
 
 async def plan_database(dsn: str) -> Plan:
     """:func:`plan_migrations` on a connection of its own (``dreamcatcher init --plan``)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn, application_name="dreamcatcher init")
     try:
         return await plan_migrations(conn)
     finally:
@@ -251,7 +252,7 @@ async def plan_database(dsn: str) -> Plan:
 
 async def migrate_database(dsn: str, *, force: bool = False) -> MigrateResult:
     """:func:`migrate` on a connection of its own (``dreamcatcher init``)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn, application_name="dreamcatcher init")
     try:
         return await migrate(conn, force=force)
     finally:

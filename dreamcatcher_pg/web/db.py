@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from ..db.connect import connect as db_connect
+from ..db.connect import create_pool
 from ..db.queries import query
 from ..errors import DRIVER_ERRORS
 from .errors import ApiError
@@ -67,7 +69,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 async def connect(dsn: str, reader_role: str | None) -> asyncpg.Connection:
     """One read-only connection (the live feed's LISTEN connection is one)."""
-    conn = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS)
+    conn = await db_connect(dsn, settings=SESSION_SETTINGS, map_errors=False)
     try:
         await prepare_session(conn, reader_role)
     except BaseException:
@@ -89,10 +91,14 @@ class Reader:
         async def init(conn: asyncpg.Connection) -> None:
             await prepare_session(conn, self.reader_role)
 
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.size, server_settings=SESSION_SETTINGS,
-            init=init, reset=_keep_session,
-        )  # fmt: skip
+        self._pool = await create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=self.size,
+            settings=SESSION_SETTINGS,
+            init=init,
+            reset=_keep_session,
+        )
         session = await self.session()
         log.info("inspector reads as role=%s read_only=%s", session.role, session.read_only)
 

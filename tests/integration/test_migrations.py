@@ -375,7 +375,7 @@ def test_the_merger_command_stops_on_an_unversioned_database(
 async def test_roles_are_the_package_s_functions_not_edits(dreamcatcher_dsn: str) -> None:
     from test_roles import cleanup_roles, unique_prefix
 
-    from dreamcatcher_pg.roles import create_roles, role_names
+    from dreamcatcher_pg.ops.roles import create_roles, role_names
 
     prefix = unique_prefix()
     with cleanup_roles([dreamcatcher_dsn], list(role_names(prefix))):

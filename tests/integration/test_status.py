@@ -73,7 +73,7 @@ async def test_status_json_shows_every_fact(
 ) -> None:
     merger = await populate(dreamcatcher_dsn)
     try:
-        worlds = await status_json(dreamcatcher_dsn, capsys, code=3)  # quiet: no merger
+        worlds = await status_json(dreamcatcher_dsn, capsys, code=5)  # quiet: no merger
         assert [w["world"] for w in worlds] == ["quiet", "w"]
         quiet, w = worlds
         # frames open / closed / merged, and the merge lag
@@ -113,12 +113,12 @@ async def test_status_json_shows_every_fact(
         assert quiet["last_merged_frame"] is None and quiet["recent_frames"] == []
 
         assert [x["world"] for x in await status_json(dreamcatcher_dsn, capsys, "--world", "w")] == ["w"]
-        assert await status_json(dreamcatcher_dsn, capsys, "--world", "nope", code=3) == []
+        assert await status_json(dreamcatcher_dsn, capsys, "--world", "nope", code=5) == []
     finally:
         await merger.aclose()
 
     # the leader gone: its name and heartbeat stay, but nobody holds the lock
-    (w,) = await status_json(dreamcatcher_dsn, capsys, "--world", "w", code=3)
+    (w,) = await status_json(dreamcatcher_dsn, capsys, "--world", "w", code=5)
     assert w["leader"] == merger.holder
     assert w["leader_alive"] is False and w["leader_lock_pid"] is None
 

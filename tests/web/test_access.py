@@ -19,7 +19,7 @@ from webscenario import write_scenario
 from webserver import running_inspector, scratch_database
 
 import dreamcatcher_pg.web
-from dreamcatcher_pg.roles import create_roles, role_names
+from dreamcatcher_pg.ops.roles import create_roles, role_names
 from dreamcatcher_pg.web import db
 from dreamcatcher_pg.web.app import InvalidTokenError, WebConfig
 from dreamcatcher_pg.web.guard import is_loopback_host

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import dreamcatcher_pg.web
-from dreamcatcher_pg.queries import all_queries
+from dreamcatcher_pg.db.queries import all_queries
 from dreamcatcher_pg.rules import parse_rules
 from dreamcatcher_pg.rules.store import default_rules
 from dreamcatcher_pg.web.blame import (
