@@ -94,17 +94,7 @@ class Fences:
         if waited:
             self.stuck = [dict(r) for r in await self._conn.fetch(query("stuck_writers"), self.world)]
             for w in self.stuck:
-                log.warning(
-                    "world %r: session %s (%s, %s) holds %s and has been %s for %.1fs",
-                    self.world,
-                    w["pid"],
-                    w["application_name"] or "no name",
-                    w["usename"],
-                    ", ".join(w["holds"]),
-                    w["state"],
-                    w["idle_for"] or 0.0,
-                    extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
-                )
+                self._log_session("world %r: session %s (%s, %s) holds %s and has been %s for %.1fs", w)
         try:
             ended = [dict(r) for r in await self._conn.fetch(query("end_stuck_writers"), self.world)]
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -118,17 +108,10 @@ class Fences:
             )
             return []
         for w in ended:
-            log.warning(
+            self._log_session(
                 "world %r: ended session %s (%s, %s): it held %s while %s for %.1fs, past the world's "
                 "idle_writer_timeout; its open transaction rolled back",
-                self.world,
-                w["pid"],
-                w["application_name"] or "no name",
-                w["usename"],
-                ", ".join(w["holds"]),
-                w["state"],
-                w["idle_for"] or 0.0,
-                extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
+                w,
             )
         self.stats.writers_ended += len(ended)
         return [int(w["pid"]) for w in ended]
@@ -137,3 +120,17 @@ class Fences:
     def stuck_check_interval(self) -> float:
         """Seconds between two looks for idle fence holders when nothing waited."""
         return max(self.poll_interval, 1.0)
+
+    def _log_session(self, message: str, w: dict[str, Any]) -> None:
+        """A warning about one fence holder: world, pid, name, user, what it holds, state, idle time."""
+        log.warning(
+            message,
+            self.world,
+            w["pid"],
+            w["application_name"] or "no name",
+            w["usename"],
+            ", ".join(w["holds"]),
+            w["state"],
+            w["idle_for"] or 0.0,
+            extra={"world": self.world, "pid": w["pid"], "session": w["application_name"]},
+        )
