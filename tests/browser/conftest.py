@@ -22,10 +22,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from browserkit import CHROMIUM, REQUIRED, Demo, missing
 from psycopg import sql
 
 from dreamcatcher_pg.testing import database_dsn
+from tests.support.browserkit import CHROMIUM, REQUIRED, Demo, missing
 
 DEMO = {"world": "demo", "streams": 3, "frames": 8}
 

@@ -10,10 +10,10 @@ import re
 import time
 from typing import Any
 
-from browserkit import Demo, query, run_async, shot
 from playwright.sync_api import expect
 
 from dreamcatcher_pg import DeltaClient
+from tests.support.browserkit import Demo, query, run_async, shot
 
 TIMEOUT = 15_000  # ms: what a slow, shared CI machine may need for a page to settle
 

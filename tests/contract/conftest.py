@@ -1,5 +1,5 @@
 """The contract suite: the same behavioural tests against DeltaClient and SyncDeltaClient
-(the facades are in contract_kit.py)."""
+(the facades are in tests/support/contract_kit.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from contract_kit import WORLD, AsyncFacade, Client, Opener, SyncFacade
 
 from dreamcatcher_pg import DeltaClient, SyncDeltaClient
+from tests.support.contract_kit import WORLD, AsyncFacade, Client, Opener, SyncFacade
 
 
 @pytest.fixture(params=["async", "sync"])

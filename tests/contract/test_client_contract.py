@@ -15,7 +15,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from contract_kit import WORLD, Client, Opener
 
 from dreamcatcher_pg import (
     ConnectionLostError,
@@ -26,6 +25,7 @@ from dreamcatcher_pg import (
     Merger,
 )
 from dreamcatcher_pg.client import session_settings
+from tests.support.contract_kit import WORLD, Client, Opener
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from golden import fingerprint, load_and_merge
-from helpers import connection
-
 from dreamcatcher_pg.ingest import ingest_directory
+from tests.support.golden import fingerprint, load_and_merge
+from tests.support.helpers import connection
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

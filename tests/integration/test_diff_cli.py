@@ -12,12 +12,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import KINDS, at, close_frames, connection, merge_until_idle
-from test_replay import W, build_world
 
 from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.timetravel import UnknownWorldError, diff, replay_verify, state_at
+from tests.support.helpers import KINDS, at, close_frames, connection, merge_until_idle
+from tests.support.replay_world import W, build_world
 
 ROOT = Path(__file__).resolve().parents[2]
 

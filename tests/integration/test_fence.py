@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
-from helpers import (
+
+from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger
+from tests.support.helpers import (
     connection,
     late_observation_ids,
     logged_observation_ids,
@@ -23,8 +25,6 @@ from helpers import (
     observation_ids,
     unique_utc,
 )
-
-from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger
 
 WORLD = "fence"
 CLIENTS = 4  # streams

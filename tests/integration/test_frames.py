@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import connection, fetch, observation_ids, wait_until
 
 from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger, MergeResult
+from tests.support.helpers import connection, fetch, observation_ids, wait_until
 
 WORLD = "default"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -20,7 +20,6 @@ import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import at, connection, wait_until
 
 from dreamcatcher_pg import DeltaClient, Merger, SchemaVersionError, configure_world
 from dreamcatcher_pg.cli import main
@@ -28,6 +27,7 @@ from dreamcatcher_pg.ops.health import HealthCode, check_health, liveness, readi
 from dreamcatcher_pg.ops.metrics_server import MetricsServer, start_metrics_server
 from dreamcatcher_pg.probe import probe
 from dreamcatcher_pg.testing import database_dsn
+from tests.support.helpers import at, connection, wait_until
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

@@ -20,12 +20,12 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from helpers import connection, fetch, unique_utc, wait_until
 
 from dreamcatcher_pg import DeltaClient, InvalidDeltaError, Merger
 from dreamcatcher_pg.client import session_settings
 from dreamcatcher_pg.models import prepare_delta
 from dreamcatcher_pg.ops.status import collect_status
+from tests.support.helpers import connection, fetch, unique_utc, wait_until
 
 VICTIM = "victim"
 BYSTANDER = "bystander"

@@ -11,7 +11,8 @@ import asyncio
 from typing import Any
 
 import orjson
-from helpers import connection, fetch, merge_until_idle
+
+from tests.support.helpers import connection, fetch, merge_until_idle
 
 WORLD = "hostile"
 

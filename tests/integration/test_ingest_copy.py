@@ -13,14 +13,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import at, connection, log_rows
-from test_roles import Cast, cast, refused, refused_by_database
 
 from dreamcatcher_pg import DeltaClient, DeltaConflictError, DreamcatcherError, FrameClosedError
 from dreamcatcher_pg.models import prepare_delta
+from tests.support.helpers import at, connection, log_rows
+from tests.support.roles import Cast, refused, refused_by_database
 
 W = "copy"
-__all__ = ["cast"]  # (the fixture of test_roles: its roles, users and streams)
 
 
 def items(frame: int, start: int, count: int, tag: str = "p") -> list[dict[str, Any]]:

@@ -16,7 +16,18 @@ from datetime import timedelta
 import asyncpg
 import psycopg
 import pytest
-from helpers import (
+from psycopg.conninfo import make_conninfo
+
+from dreamcatcher_pg import (
+    AppendOnlyViolation,
+    DeltaClient,
+    DeltaConflictError,
+    DreamcatcherError,
+    FrameClosedError,
+    Merger,
+)
+from dreamcatcher_pg.errors import map_db_error
+from tests.support.helpers import (
     SCENARIO_BOOK_COMPILED,
     SCENARIO_POSTS,
     D,
@@ -37,17 +48,6 @@ from helpers import (
     scenario,
     terminate_backend,
 )
-from psycopg.conninfo import make_conninfo
-
-from dreamcatcher_pg import (
-    AppendOnlyViolation,
-    DeltaClient,
-    DeltaConflictError,
-    DreamcatcherError,
-    FrameClosedError,
-    Merger,
-)
-from dreamcatcher_pg.errors import map_db_error
 
 WORLD = "inv"
 OBS = {"observations": [{"id": "x"}]}

@@ -19,7 +19,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-from helpers import (
+
+from dreamcatcher_pg import DeltaClient, Merger
+from dreamcatcher_pg.db.queries import query
+from tests.support.helpers import (
     connection,
     install_merge_audit,
     merge_audit,
@@ -28,9 +31,6 @@ from helpers import (
     unique_utc,
     wait_until,
 )
-
-from dreamcatcher_pg import DeltaClient, Merger
-from dreamcatcher_pg.db.queries import query
 
 WORLD = "lead"
 TIMEOUT = 20.0

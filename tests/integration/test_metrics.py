@@ -15,12 +15,12 @@ import urllib.request
 from typing import Any
 
 import asyncpg
-from helpers import at, connection, wait_until
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger, configure_world
 from dreamcatcher_pg.ops.metrics import DatabaseRefresher, build_registry, refresh_interval_for
+from tests.support.helpers import at, connection, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -21,7 +21,6 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from helpers import at, connection, recomputed_hash, scenario
 from psycopg import sql
 
 from dreamcatcher_pg import DeltaClient, Merger
@@ -38,6 +37,7 @@ from dreamcatcher_pg.ops.migrations import (
     schema_status,
 )
 from dreamcatcher_pg.testing import database_dsn
+from tests.support.helpers import at, connection, recomputed_hash, scenario
 
 PREVIOUS = Path(__file__).parent.parent / "data" / "schema_previous"
 VERSION = package_schema_version()
@@ -373,9 +373,8 @@ def test_the_merger_command_stops_on_an_unversioned_database(
 
 
 async def test_roles_are_the_package_s_functions_not_edits(dreamcatcher_dsn: str) -> None:
-    from test_roles import cleanup_roles, unique_prefix
-
     from dreamcatcher_pg.ops.roles import create_roles, role_names
+    from tests.support.roles import cleanup_roles, unique_prefix
 
     prefix = unique_prefix()
     with cleanup_roles([dreamcatcher_dsn], list(role_names(prefix))):

@@ -12,34 +12,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import at, close_frames, connection, insert_each, merge_until_idle, scenario
 
-from dreamcatcher_pg import DeltaClient, FrameClosedError
+from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.timetravel import FrameNotMergedError, UnknownWorldError, replay, replay_verify
-
-W = "w"
-TABLES = ("delta_log", "frame_log", "entity_versions", "deferred_log", "quarantine_log", "late_log", "worlds")
-
-
-async def build_world(dsn: str, world: str = W) -> None:
-    """The scenario (frames 1-4, every rule and tie-break, a quarantined item), a late attempt
-    refused under ``reject``, then under ``defer`` a late delta for frame 2 that merges into 6."""
-    await insert_each(dsn, world, scenario())
-    await close_frames(dsn, world, [1, 2, 3, 4])
-    await merge_until_idle(dsn, world)
-    async with DeltaClient.connect(dsn, stream_id="late", world=world) as dc:
-        with pytest.raises(FrameClosedError):
-            await dc.insert_delta(1, {"posts_updated": [{"number": 1, "title": "refused"}]}, utc=at(100))
-        await dc.configure_world(late_policy="defer")
-        receipt = await dc.insert_delta(
-            2, {"posts_updated": [{"number": 2, "title": "deferred"}], "observations": [{"id": "late"}]},
-            utc=at(101),
-        )  # fmt: skip
-        assert receipt.status == "deferred"
-        await dc.insert_delta(6, {"posts_updated": [{"number": 1, "title": "six"}]}, utc=at(102))
-    await close_frames(dsn, world, [6])
-    await merge_until_idle(dsn, world)
+from tests.support.helpers import connection
+from tests.support.replay_world import TABLES, W, build_world
 
 
 async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:

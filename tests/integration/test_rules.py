@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from helpers import fetch
-
 from dreamcatcher_pg import DeltaClient, Merger, MergeResult
+from tests.support.helpers import fetch
 
 WORLD = "default"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

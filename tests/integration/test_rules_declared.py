@@ -10,10 +10,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from helpers import connection, fetch, merge_until_idle
-from test_roles import Cast, W, at, cast
-from test_roles import connect as roles_connect
-from test_roles import merge_as as roles_merge_as
 
 from dreamcatcher_pg import DeltaClient, DreamcatcherError
 from dreamcatcher_pg.cli import main
@@ -27,9 +23,12 @@ from dreamcatcher_pg.rules import (
     show_rules,
 )
 from dreamcatcher_pg.timetravel import export_dir, export_snapshot, import_snapshot, replay_verify
+from tests.support.helpers import connection, fetch, merge_until_idle
+from tests.support.roles import Cast, W, at
+from tests.support.roles import connect as roles_connect
+from tests.support.roles import merge_as as roles_merge_as
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
-__all__ = ["cast"]  # the fixture of test_roles: a schema owner, worker, merger and reader logins
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SIM = EXAMPLES / "simulation" / "rules.toml"

@@ -24,21 +24,7 @@ import asyncpg
 import orjson
 import psycopg
 import pytest
-from helpers import (
-    D,
-    at,
-    close_frames,
-    connection,
-    entity_history,
-    extra_database,
-    frame_table,
-    insert_each,
-    merge_until_idle,
-    quarantine_rows,
-    scenario,
-)
 from psycopg import sql
-from test_replay import TABLES, W, build_world
 
 from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.cli import main
@@ -57,6 +43,20 @@ from dreamcatcher_pg.timetravel import (
     state_at,
 )
 from dreamcatcher_pg.timetravel.archive import MAX_LINE_BYTES, check_archive
+from tests.support.helpers import (
+    D,
+    at,
+    close_frames,
+    connection,
+    entity_history,
+    extra_database,
+    frame_table,
+    insert_each,
+    merge_until_idle,
+    quarantine_rows,
+    scenario,
+)
+from tests.support.replay_world import TABLES, W, build_world
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
 ENVELOPE = ("frame", "stream_id", "utc")

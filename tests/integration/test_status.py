@@ -10,13 +10,13 @@ import re
 from typing import Any
 
 import pytest
-from helpers import at, connection
 
 from dreamcatcher_pg import DeltaClient, FrameClosedError, Merger, configure_world
 from dreamcatcher_pg.cli import main
 from dreamcatcher_pg.cli.status import render_status, watch_status
 from dreamcatcher_pg.ops.status import collect_status
 from dreamcatcher_pg.testing import database_dsn
+from tests.support.helpers import at, connection
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

@@ -21,7 +21,6 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from dc_strategies import T0, close, db_settings, merge, new_world
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +31,7 @@ from dreamcatcher_pg import (
     Receipt,
 )
 from dreamcatcher_pg.validation import MAX_DEPTH, MAX_FRAME
+from tests.support.strategies import T0, close, db_settings, merge, new_world
 
 #: The client's size limit in these tests (``DeltaClient.connect(max_payload_bytes=...)``).
 LIMIT = 4096

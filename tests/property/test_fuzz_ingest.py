@@ -18,13 +18,13 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from dc_strategies import RULES, db_settings, json_values, merge, new_world
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dreamcatcher_pg import configure_world
 from dreamcatcher_pg.ingest import IngestReport, ingest_directory
 from dreamcatcher_pg.validation import MAX_FRAME
+from tests.support.strategies import RULES, db_settings, json_values, merge, new_world
 
 #: The size limit of these tests (``ingest_directory(max_bytes=...)``).
 LIMIT = 4096

@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from dc_strategies import RULES, db_settings, merge, new_world
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dreamcatcher_pg import configure_world
 from dreamcatcher_pg.validation import MAX_FRAME
+from tests.support.strategies import RULES, db_settings, merge, new_world
 
 #: What the database may answer instead of accepting: out of range (frame, utc), a check of the
 #: log (size, depth, range), a frame too far ahead, a batch too large, text jsonb cannot hold

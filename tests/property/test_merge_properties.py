@@ -20,7 +20,11 @@ from typing import Any
 
 import asyncpg
 import orjson
-from dc_strategies import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dreamcatcher_pg import Merger
+from tests.support.strategies import (
     DEDUPE_KEYS,
     T0,
     UNKNOWN_KEYS,
@@ -34,10 +38,6 @@ from dc_strategies import (
     new_world,
     world_state,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from dreamcatcher_pg import Merger
 
 
 async def insert_close_merge(dsn: str, pool: asyncpg.Pool, world: str, deltas: list[Delta]) -> None:

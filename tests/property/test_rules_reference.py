@@ -4,7 +4,7 @@ Hypothesis writes a rules file (1-3 kinds: lww / first / sum / set / append / co
 int and text keys, composite keys, aliases, deletions, a derived kind), and shuffled,
 duplicated, utc-tied deltas for three frames. The rules are applied to two worlds, the deltas
 inserted in two different orders; after every frame each world's state must equal
-:mod:`reference_rules`, and the two worlds' frame hashes must be equal.
+:mod:`tests.support.reference_rules`, and the two worlds' frame hashes must be equal.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from dc_strategies import STREAMS, T0, db_settings, new_world
 from hypothesis import given
 from hypothesis import strategies as st
-from reference_rules import State, merge_frame, pg_text
 
 from dreamcatcher_pg.rules import apply_rules, parse_rules
+from tests.support.reference_rules import State, merge_frame, pg_text
+from tests.support.strategies import STREAMS, T0, db_settings, new_world
 
 Delta = tuple[int, str, Any, dict[str, Any]]
 FRAMES = (1, 2, 3)

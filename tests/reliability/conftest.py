@@ -9,14 +9,8 @@ Nothing here asserts a timing: takeover and reconnect times are printed (``pytes
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # ``bench`` is a directory of the repository, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The inspector over HTTP: a small world whose every answer is known, and a running server.
 
 ``web_world`` is one database per module (the HTTP tests only read): the deltas
-of :mod:`webscenario`, written with ``DeltaClient`` and merged by the
+of :mod:`tests.support.webscenario`, written with ``DeltaClient`` and merged by the
 ``Merger``. ``inspector`` serves it with ``serve()`` (uvicorn on a free port)
 in the test's event loop, and ``http`` is an httpx client pointed at it.
 """
@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from webscenario import write_scenario
-from webserver import running_inspector, scratch_database
 
 from dreamcatcher_pg.web.app import WebConfig
+from tests.support.webscenario import write_scenario
+from tests.support.webserver import running_inspector, scratch_database
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from webscenario import write_scenario
-from webserver import running_inspector, scratch_database
 
 import dreamcatcher_pg.web
 from dreamcatcher_pg.ops.roles import create_roles, role_names
@@ -24,6 +22,8 @@ from dreamcatcher_pg.web import db
 from dreamcatcher_pg.web.app import InvalidTokenError, WebConfig
 from dreamcatcher_pg.web.guard import is_loopback_host
 from dreamcatcher_pg.web.server import BindRefusedError, check_bind
+from tests.support.webscenario import write_scenario
+from tests.support.webserver import running_inspector, scratch_database
 
 STATIC = Path(dreamcatcher_pg.web.__file__).parent / "static"
 #: One GET of every JSON endpoint on world w (all must answer 200).

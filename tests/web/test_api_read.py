@@ -1,4 +1,5 @@
-"""Every JSON endpoint of the inspector, against the worlds of webscenario (answers known in advance)."""
+"""Every JSON endpoint of the inspector, against the worlds of tests.support.webscenario
+(answers known in advance)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from webscenario import MANY, T0, at, many_title
 
 from dreamcatcher_pg.web import api_entity, api_state
+from tests.support.webscenario import MANY, T0, at, many_title
 
 
 async def get(http: httpx.AsyncClient, path: str, **params: Any) -> Any:

@@ -9,12 +9,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from webscenario import _close, _merge, _write
-from webserver import running_inspector, scratch_database
 
 from dreamcatcher_pg.rules import apply_rules, parse_rules
 from dreamcatcher_pg.rules.store import install_default
 from dreamcatcher_pg.web.app import WebConfig
+from tests.support.webscenario import _close, _merge, _write
+from tests.support.webserver import running_inspector, scratch_database
 
 #: Units last-write-wins, votes first-write-wins on a composite key, findings by content.
 SIM = parse_rules(

@@ -13,13 +13,13 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from webscenario import at
-from webserver import running_inspector
 
 from dreamcatcher_pg import DeltaClient
 from dreamcatcher_pg.testing import running_merger
 from dreamcatcher_pg.web import live
 from dreamcatcher_pg.web.app import WebConfig
+from tests.support.webscenario import at
+from tests.support.webserver import running_inspector
 
 
 async def write_frame(dsn: str, world: str, frame: int) -> float:

@@ -7,7 +7,7 @@ every entity version (kind, key, data, frames) and every quarantined item.
 
 Regenerate (only when the default rules change on purpose)::
 
-    python tests/integration/golden.py postgresql://.../db > tests/data/golden_default_rules.json
+    python -m tests.support.golden postgresql://.../db > tests/data/golden_default_rules.json
 """
 
 from __future__ import annotations
