@@ -1,7 +1,7 @@
 """Fault injection: ``python -m bench.reliability [--dsn DSN] [--long] [--only NAME,...]``.
 
 One module per scenario (merger_kill, two_mergers, pg_restart, soak, late), what they
-share (common: the ledger; mergerproc: the merger subprocess; verdict; report) and the
+share (common: the ledger; verdict; report; the merger subprocess is bench.mergerproc's) and the
 run (run.py: the sizes, the table, the command line).
 
 Breaks things on purpose (issue 3) and checks that nothing is lost or doubled:

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.mergerproc import PATIENCE as PATIENCE  # one patience for every wait of a scenario, re-exported
 from dreamcatcher_pg import (
     ConnectionLostError,
     DeltaClient,
@@ -21,8 +22,6 @@ from dreamcatcher_pg import (
 
 #: Writer clocks start here (fixed, so a run can be replayed with the same keys).
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-#: How long any single wait may take before the run is declared stuck (never a timing assertion).
-PATIENCE = 180.0
 
 Key = tuple[int, str, datetime]  # (frame, stream_id, utc): a delta's identity within its world
 

@@ -11,13 +11,13 @@ from collections import Counter
 from datetime import timedelta
 from typing import IO, Any
 
+from bench.mergerproc import MergerProcess
 from dreamcatcher_pg import (
     DeltaClient,
     configure_world,
 )
 
 from .common import PATIENCE, T0, Ledger, connection, fleet_payload, insert_acked, poll_until
-from .mergerproc import MergerProcess
 from .report import Report
 from .verdict import MERGE_ACTIVE, Verdict, install_merge_audit, last_merged, verify
 

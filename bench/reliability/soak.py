@@ -10,13 +10,13 @@ import time
 from datetime import timedelta
 from typing import IO
 
+from bench.mergerproc import MergerProcess
 from dreamcatcher_pg import (
     DeltaClient,
     configure_world,
 )
 
 from .common import PATIENCE, T0, Ledger, connection, insert_acked, marker
-from .mergerproc import MergerProcess
 from .report import Report
 from .verdict import Verdict, install_merge_audit, verify
 

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import IO
 
+from bench.mergerproc import MergerProcess
 from dreamcatcher_pg import (
     DeltaClient,
     configure_world,
 )
 
 from .common import PATIENCE, T0, Ledger, connection, fleet_payload, insert_acked, poll_until
-from .mergerproc import MergerProcess
 from .report import Report
 from .verdict import Verdict, install_merge_audit, last_merged, merge_audit, verify
 
