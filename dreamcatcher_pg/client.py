@@ -352,8 +352,11 @@ class DeltaClient:
             try:
                 await self._ensure_listener()
             except ConnectionLostError:
-                log.warning("cannot LISTEN for merges; polling every %.1fs", poll,
-                            extra={**self._log_fields, "frame": frame})  # fmt: skip
+                log.warning(
+                    "cannot LISTEN for merges; polling every %.1fs",
+                    poll,
+                    extra={**self._log_fields, "frame": frame},
+                )
             event = self._merged_event  # taken before the check: a merge after it sets this event
             try:
                 row = await self._call(query("frame_status"), self.world, frame, row=True)

@@ -71,9 +71,12 @@ class Fences:
                 continue
             if status == "closed":
                 log.info(
-                    "world %r frame %s closed (%s)", self.world, row["frame"], row["reason"],
+                    "world %r frame %s closed (%s)",
+                    self.world,
+                    row["frame"],
+                    row["reason"],
                     extra={"world": self.world, "frame": row["frame"], "reason": row["reason"]},
-                )  # fmt: skip
+                )
                 closed.append(int(row["frame"]))
         self.stats.frames_closed += len(closed)
         return closed

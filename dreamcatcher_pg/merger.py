@@ -268,17 +268,31 @@ class Merger(Leadership, Fences):
             except Exception as exc:
                 if self._connection_lost(exc):
                     self.stats.reconnects += 1
-                    log.warning("merger of world %r lost its connection (%s); reconnecting in %.1fs",
-                                self.world, exc, backoff, extra={"world": self.world})  # fmt: skip
+                    log.warning(
+                        "merger of world %r lost its connection (%s); reconnecting in %.1fs",
+                        self.world,
+                        exc,
+                        backoff,
+                        extra={"world": self.world},
+                    )
                 elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                     self.stats.errors += 1
                     err = map_db_error(exc)
-                    log.error("merge of world %r failed: %s; retrying in %.1fs", self.world, err, backoff,
-                              extra={"world": self.world})  # fmt: skip
+                    log.error(
+                        "merge of world %r failed: %s; retrying in %.1fs",
+                        self.world,
+                        err,
+                        backoff,
+                        extra={"world": self.world},
+                    )
                 else:  # not the database's: log the traceback, and carry on all the same
                     self.stats.errors += 1
-                    log.exception("merger of world %r failed; retrying in %.1fs", self.world, backoff,
-                                  extra={"world": self.world})  # fmt: skip
+                    log.exception(
+                        "merger of world %r failed; retrying in %.1fs",
+                        self.world,
+                        backoff,
+                        extra={"world": self.world},
+                    )
                 self._loop_done(f"{type(exc).__name__}: {exc}")
                 await self._stop_beats()
                 await self._disconnect()

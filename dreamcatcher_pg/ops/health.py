@@ -42,13 +42,27 @@ DEFAULT_TIMEOUT = 5.0
 
 #: What the software needs of the schema dreamcatcher (checked by :func:`schema_ready`).
 REQUIRED_RELATIONS = (
-    "worlds", "delta_log", "frame_log", "deferred_log", "late_log", "quarantine_log", "mergers",
-    "frames", "deltas",
-)  # fmt: skip
+    "worlds",
+    "delta_log",
+    "frame_log",
+    "deferred_log",
+    "late_log",
+    "quarantine_log",
+    "mergers",
+    "frames",
+    "deltas",
+)
 REQUIRED_FUNCTIONS = (
-    "append_delta", "append_deltas", "close_frame", "due_frames", "claim_next_frame", "merge_frame",
-    "leader_lock_holder", "silent_leader", "stuck_writers",
-)  # fmt: skip
+    "append_delta",
+    "append_deltas",
+    "close_frame",
+    "due_frames",
+    "claim_next_frame",
+    "merge_frame",
+    "leader_lock_holder",
+    "silent_leader",
+    "stuck_writers",
+)
 
 
 class HealthCode(enum.IntEnum):

@@ -391,9 +391,10 @@ class BuildInfoCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(
-            "dreamcatcher_build_info", "Always 1: the dreamcatcher-pg version and the Python running it.",
+            "dreamcatcher_build_info",
+            "Always 1: the dreamcatcher-pg version and the Python running it.",
             labels=["version", "python"],
-        )  # fmt: skip
+        )
         info.add_metric([dreamcatcher_version(), platform.python_version()], 1.0)
         yield info
 

@@ -87,8 +87,10 @@ def make_app(
         else:
             body = f"not found; this port serves {', '.join(PATHS)}\n".encode()
             status, kind = "404 Not Found", "text/plain; charset=utf-8"
-        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body))),
-                                ("Cache-Control", "no-store")])  # fmt: skip
+        start_response(
+            status,
+            [("Content-Type", kind), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
+        )
         return [body]
 
     return app

@@ -26,7 +26,19 @@ from .store import (
 )
 
 __all__ = [
-    "ApplyResult", "Kind", "Problem", "RuleSet", "RuleVersion", "RulesApplyError", "RulesError",
-    "apply_rules", "compile_rules", "default_rules", "default_source", "install_rule_set",
-    "load_rules", "parse_rules", "show_rules",
-]  # fmt: skip
+    "ApplyResult",
+    "Kind",
+    "Problem",
+    "RuleSet",
+    "RuleVersion",
+    "RulesApplyError",
+    "RulesError",
+    "apply_rules",
+    "compile_rules",
+    "default_rules",
+    "default_source",
+    "install_rule_set",
+    "load_rules",
+    "parse_rules",
+    "show_rules",
+]

@@ -86,8 +86,11 @@ def family_step(name: str, kinds: list[Kind], first: bool, materialized: bool) -
     later one may only add fields still missing) over the current version."""
     deletes = _has_deletes(kinds)
     folds = _folds(ORDER_DESC if first else ORDER, deletes, [])
-    base = "CASE WHEN p.reset THEN '{}'::jsonb ELSE coalesce(v.data, '{}'::jsonb) END" if deletes \
-        else "coalesce(v.data, '{}'::jsonb)"  # fmt: skip
+    base = (
+        "CASE WHEN p.reset THEN '{}'::jsonb ELSE coalesce(v.data, '{}'::jsonb) END"
+        if deletes
+        else "coalesce(v.data, '{}'::jsonb)"
+    )
     new = f"p.patch || {base}" if first else f"{base} || p.patch"
     if deletes:
         new_col = f"CASE WHEN p.ended THEN NULL ELSE {new} END"

@@ -100,9 +100,12 @@ class Kind:
         if self.derived is not None:
             d = self.derived
             doc["derive"] = {
-                "source": d.source, "group": d.group, "count": d.count,
-                "target": d.target, "target_default": d.target_default,
-            }  # fmt: skip
+                "source": d.source,
+                "group": d.group,
+                "count": d.count,
+                "target": d.target,
+                "target_default": d.target_default,
+            }
             return doc
         doc.update(
             {

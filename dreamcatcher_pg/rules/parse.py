@@ -34,9 +34,20 @@ _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 KEYED_OPTIONS = frozenset(
-    {"key", "types", "optional", "aliases", "drop_aliases", "bare", "patterns", "tally", "fallback",
-     "key_in_data", "delete"}
-)  # fmt: skip
+    {
+        "key",
+        "types",
+        "optional",
+        "aliases",
+        "drop_aliases",
+        "bare",
+        "patterns",
+        "tally",
+        "fallback",
+        "key_in_data",
+        "delete",
+    }
+)
 OPTIONS = frozenset({"from", "merge", "fields"}) | KEYED_OPTIONS
 DERIVED_OPTIONS = frozenset({"derive", "group", "count", "target", "target_default"})
 
@@ -123,8 +134,12 @@ class _Reader:
             self.fail(name, None, "must be a table ([kinds.NAME])")
             return None
         if not _NAME.match(name) or name in RESERVED_KINDS:
-            self.fail(name, None, "a kind's name is lowercase letters, digits and _, at most 63, "
-                      f"and not one of {sorted(RESERVED_KINDS)}")  # fmt: skip
+            self.fail(
+                name,
+                None,
+                "a kind's name is lowercase letters, digits and _, at most 63, "
+                f"and not one of {sorted(RESERVED_KINDS)}",
+            )
         if "derive" in table:
             return self.derived(name, table)
         for option in sorted(set(table) - OPTIONS):
@@ -216,13 +231,23 @@ class _Reader:
             if f in key:
                 self.fail(name, "fields", f"{f!r} is a key field; fields lists the fields to {merge}")
         return Kind(
-            name=name, merge=merge, sources=sources, key=key, content_key=content, types=types,
-            optional=optional, aliases=aliases,
-            drop_aliases=self.flag(name, table, "drop_aliases", False), bare=bare, patterns=patterns,
-            tally=tally, fallback="content" if fallback == "content" else None,
+            name=name,
+            merge=merge,
+            sources=sources,
+            key=key,
+            content_key=content,
+            types=types,
+            optional=optional,
+            aliases=aliases,
+            drop_aliases=self.flag(name, table, "drop_aliases", False),
+            bare=bare,
+            patterns=patterns,
+            tally=tally,
+            fallback="content" if fallback == "content" else None,
             key_in_data=self.flag(name, table, "key_in_data", True),
-            delete=self.strings(name, table, "delete"), fields=fields,
-        )  # fmt: skip
+            delete=self.strings(name, table, "delete"),
+            fields=fields,
+        )
 
     def aliases(self, name: str, table: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         raw = table.get("aliases", {})

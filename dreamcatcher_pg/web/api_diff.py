@@ -69,9 +69,19 @@ async def diff(request: Request) -> JSONResponse:
                 items.append(entry)
         if len(rows) > limit:
             next_key = rows[limit - 1]["ekey"]
-    return JSONResponse({
-        "world": bounds.world, "a": a, "b": b, "kind": kind, "kinds": kinds,
-        "versions_between": {"count": min(versions, SUMMARY_VERSIONS),
-                             "at_least": versions > SUMMARY_VERSIONS},
-        "summary": summary, "items": items, "next": next_key,
-    })  # fmt: skip
+    return JSONResponse(
+        {
+            "world": bounds.world,
+            "a": a,
+            "b": b,
+            "kind": kind,
+            "kinds": kinds,
+            "versions_between": {
+                "count": min(versions, SUMMARY_VERSIONS),
+                "at_least": versions > SUMMARY_VERSIONS,
+            },
+            "summary": summary,
+            "items": items,
+            "next": next_key,
+        }
+    )

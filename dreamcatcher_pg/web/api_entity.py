@@ -47,11 +47,20 @@ async def _items(
 ) -> dict[int, list[Item]]:
     """The items of those frames' merges that the rules read as the entity, by frame."""
     rows = await reader.fetch("web_entity_items", world, kind, key, sorted(frames), list(rule.keys), parts)
-    return by_frame([
-        Item(r["into_frame"], r["frame"], r["stream_id"], r["utc"], r["key"], r["pos"],
-             orjson.loads(r["data"]))
-        for r in rows
-    ])  # fmt: skip
+    return by_frame(
+        [
+            Item(
+                r["into_frame"],
+                r["frame"],
+                r["stream_id"],
+                r["utc"],
+                r["key"],
+                r["pos"],
+                orjson.loads(r["data"]),
+            )
+            for r in rows
+        ]
+    )
 
 
 async def _items_of(
@@ -107,9 +116,15 @@ async def entity(request: Request) -> JSONResponse:
     bounds.require_merged(frame)
     policy = rule_for(await _rules_at(reader, bounds.world, frame), kind).policy
     doc: dict[str, Any] = {
-        "world": bounds.world, "kind": kind, "key": key, "frame": frame,
-        "policy": policy.value, "exists": False, "version": None, "fields": [],
-    }  # fmt: skip
+        "world": bounds.world,
+        "kind": kind,
+        "key": key,
+        "frame": frame,
+        "policy": policy.value,
+        "exists": False,
+        "version": None,
+        "fields": [],
+    }
     row = await reader.fetchrow("web_entity_at", bounds.world, kind, key, frame)
     if row is None:
         doc["versions"] = int(await reader.fetchval("web_entity_version_count", bounds.world, kind, key))
@@ -123,15 +138,20 @@ async def entity(request: Request) -> JSONResponse:
     else:
         wanted = [(row["valid_from"], None, data)]
     blamed = await _blame_all(reader, bounds.world, kind, key, wanted)
-    fields = [{"field": field, "value": value, **b}
-              for (_, field, value), b in zip(wanted, blamed, strict=True)]  # fmt: skip
+    fields = [
+        {"field": field, "value": value, **b} for (_, field, value), b in zip(wanted, blamed, strict=True)
+    ]
     doc.update(
         exists=True,
         versions=row["versions"],
-        version={"valid_from": row["valid_from"], "valid_to": row["valid_to"],
-                 "first_frame": row["first_frame"], "data": data},
+        version={
+            "valid_from": row["valid_from"],
+            "valid_to": row["valid_to"],
+            "first_frame": row["first_frame"],
+            "data": data,
+        },
         fields=fields,
-    )  # fmt: skip
+    )
     return JSONResponse(doc)
 
 
@@ -158,16 +178,29 @@ async def history(request: Request) -> JSONResponse:
             changes = [{"field": name, "after": value} for name, value in data.items()]
         else:
             changes = [{"field": None, "after": data}]
-        versions.append({
-            "valid_from": r["valid_from"], "valid_to": r["valid_to"], "first_frame": r["first_frame"],
-            "data": data, "created": previous is None, "changes": changes,
-        })  # fmt: skip
+        versions.append(
+            {
+                "valid_from": r["valid_from"],
+                "valid_to": r["valid_to"],
+                "first_frame": r["first_frame"],
+                "data": data,
+                "created": previous is None,
+                "changes": changes,
+            }
+        )
     set_values = [(v["valid_from"], c) for v in versions for c in v["changes"] if "after" in c]
     wanted: Wanted = [(frame, c["field"], c["after"]) for frame, c in set_values]
     blamed = await _blame_all(reader, bounds.world, kind, key, wanted)
     for (_, change), b in zip(set_values, blamed, strict=True):
         change.update(b)
-    return JSONResponse({
-        "world": bounds.world, "kind": kind, "key": key, "policy": policy.value, "total": total,
-        "versions": versions, "next": page[-1]["valid_from"] if len(rows) > limit else None,
-    })  # fmt: skip
+    return JSONResponse(
+        {
+            "world": bounds.world,
+            "kind": kind,
+            "key": key,
+            "policy": policy.value,
+            "total": total,
+            "versions": versions,
+            "next": page[-1]["valid_from"] if len(rows) > limit else None,
+        }
+    )

@@ -90,18 +90,29 @@ async def timeline(request: Request) -> JSONResponse:
     if low > high:
         raise bad_request(f"'from' ({low}) is after 'to' ({high})")
     rows = await reader.fetch("web_timeline", bounds.world, low, high, points)
-    return JSONResponse({
-        "world": bounds.world, "from": low, "to": high,
-        "first_frame": bounds.first_frame, "last_frame": bounds.last_frame, "last_merged": bounds.last_merged,
-        "bucketed": any(r["frames"] > 1 for r in rows),
-        "points": [{
-            "frame_from": r["frame_from"], "frame_to": r["frame_to"], "frames": r["frames"],
-            "deltas": r["deltas"],
-            "status": {"open": r["open"], "closed": r["closed"], "merged": r["merged"]},
-            "close_to_merged_ms": {"max": _ms(r["close_ms_max"]), "mean": _ms(r["close_ms_avg"])},
-            "merge_ms": {"max": _ms(r["merge_ms_max"]), "mean": _ms(r["merge_ms_avg"])},
-        } for r in rows],
-    })  # fmt: skip
+    return JSONResponse(
+        {
+            "world": bounds.world,
+            "from": low,
+            "to": high,
+            "first_frame": bounds.first_frame,
+            "last_frame": bounds.last_frame,
+            "last_merged": bounds.last_merged,
+            "bucketed": any(r["frames"] > 1 for r in rows),
+            "points": [
+                {
+                    "frame_from": r["frame_from"],
+                    "frame_to": r["frame_to"],
+                    "frames": r["frames"],
+                    "deltas": r["deltas"],
+                    "status": {"open": r["open"], "closed": r["closed"], "merged": r["merged"]},
+                    "close_to_merged_ms": {"max": _ms(r["close_ms_max"]), "mean": _ms(r["close_ms_avg"])},
+                    "merge_ms": {"max": _ms(r["merge_ms_max"]), "mean": _ms(r["merge_ms_avg"])},
+                }
+                for r in rows
+            ],
+        }
+    )
 
 
 async def frame(request: Request) -> JSONResponse:
@@ -113,19 +124,30 @@ async def frame(request: Request) -> JSONResponse:
     row = await reader.fetchrow("web_frame", bounds.world, number)
     assert row is not None
     doc: dict[str, Any] = {
-        "world": bounds.world, "frame": number, "exists": row["frame"] is not None,
-        "prev_merged": row["prev_merged"], "next_merged": row["next_merged"],
-        "first_frame": bounds.first_frame, "last_frame": bounds.last_frame, "last_merged": bounds.last_merged,
-    }  # fmt: skip
+        "world": bounds.world,
+        "frame": number,
+        "exists": row["frame"] is not None,
+        "prev_merged": row["prev_merged"],
+        "next_merged": row["next_merged"],
+        "first_frame": bounds.first_frame,
+        "last_frame": bounds.last_frame,
+        "last_merged": bounds.last_merged,
+    }
     if row["frame"] is not None:
         merged_at, closed_at, started = row["merged_at"], row["closed_at"], row["merge_started_at"]
         doc.update(
-            status=row["status"], delta_count=row["delta_count"], state_hash=row["state_hash"],
-            opened_at=row["opened_at"], closed_at=closed_at, close_reason=row["close_reason"],
-            merge_started_at=started, merged_at=merged_at,
+            status=row["status"],
+            delta_count=row["delta_count"],
+            state_hash=row["state_hash"],
+            opened_at=row["opened_at"],
+            closed_at=closed_at,
+            close_reason=row["close_reason"],
+            merge_started_at=started,
+            merged_at=merged_at,
             close_to_merged_ms=_ms((merged_at - closed_at).total_seconds() * 1000)
-            if merged_at and closed_at else None,
+            if merged_at and closed_at
+            else None,
             merge_ms=_ms((merged_at - started).total_seconds() * 1000) if merged_at and started else None,
             stats=orjson.loads(row["stats"]) if row["stats"] else None,
-        )  # fmt: skip
+        )
     return JSONResponse(doc)

@@ -30,8 +30,14 @@ async def _page(request: Request, name: str, json_column: str) -> JSONResponse:
         raw = doc[json_column]
         doc[json_column] = None if raw is None else orjson.loads(raw)
         items.append(doc)
-    return JSONResponse({"world": bounds.world, "frame": frame, "items": items,
-                         "next": items[-1]["id"] if len(rows) > limit else None})  # fmt: skip
+    return JSONResponse(
+        {
+            "world": bounds.world,
+            "frame": frame,
+            "items": items,
+            "next": items[-1]["id"] if len(rows) > limit else None,
+        }
+    )
 
 
 async def quarantine(request: Request) -> JSONResponse:

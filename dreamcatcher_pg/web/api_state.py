@@ -43,9 +43,15 @@ async def state(request: Request) -> JSONResponse:
     field = params.text(request, "field", max_length=1000)
     value_q = params.text(request, "value", max_length=1000)
     doc: dict[str, Any] = {
-        "world": bounds.world, "frame": frame, "kind": kind, "kinds": kinds,
-        "last_merged": bounds.last_merged, "items": [], "next": None, "search": None,
-    }  # fmt: skip
+        "world": bounds.world,
+        "frame": frame,
+        "kind": kind,
+        "kinds": kinds,
+        "last_merged": bounds.last_merged,
+        "items": [],
+        "next": None,
+        "search": None,
+    }
     if kind is None:
         return JSONResponse(doc)
     if kind not in kinds:
@@ -57,9 +63,17 @@ async def state(request: Request) -> JSONResponse:
         doc["next"] = items[-1]["key"] if len(rows) > limit else None
     else:
         rows = await reader.fetch(
-            "web_state_search", bounds.world, kind, frame, after, limit + 1, SEARCH_SCAN,
-            key_q.lower() if key_q else None, field, value_q.lower() if value_q else None,
-        )  # fmt: skip
+            "web_state_search",
+            bounds.world,
+            kind,
+            frame,
+            after,
+            limit + 1,
+            SEARCH_SCAN,
+            key_q.lower() if key_q else None,
+            field,
+            value_q.lower() if value_q else None,
+        )
         hits = [r for r in rows if r["row"] == "hit"]
         scan = next(r for r in rows if r["row"] == "scan")
         scanned, scanned_to = int(scan["first_frame"]), scan["ekey"]
@@ -68,8 +82,14 @@ async def state(request: Request) -> JSONResponse:
             doc["next"] = items[-1]["key"]
         elif scanned >= SEARCH_SCAN:
             doc["next"] = scanned_to  # not done: go on from where this request stopped looking
-        doc["search"] = {"key": key_q, "field": field, "value": value_q, "scanned": scanned,
-                         "scanned_to": scanned_to, "exhausted": doc["next"] is None}  # fmt: skip
+        doc["search"] = {
+            "key": key_q,
+            "field": field,
+            "value": value_q,
+            "scanned": scanned,
+            "scanned_to": scanned_to,
+            "exhausted": doc["next"] is None,
+        }
     doc["items"] = items
     if after is None and key_q is None and value_q is None:
         count = int(await reader.fetchval("web_state_count", bounds.world, kind, frame, COUNT_CAP))
@@ -78,5 +98,9 @@ async def state(request: Request) -> JSONResponse:
 
 
 def _item(row: Any) -> dict[str, Any]:
-    return {"key": row["ekey"], "data": orjson.loads(row["data"]),
-            "first_frame": row["first_frame"], "last_frame": row["last_frame"]}  # fmt: skip
+    return {
+        "key": row["ekey"],
+        "data": orjson.loads(row["data"]),
+        "first_frame": row["first_frame"],
+        "last_frame": row["last_frame"],
+    }

@@ -69,8 +69,14 @@ async def index(request: Request) -> Response:
 async def meta(request: Request) -> JSONResponse:
     """Who the inspector reads as (role, read-only), its version, and the world to open on."""
     session = await request.app.state.reader.session()
-    return JSONResponse({"version": __version__, "role": session.role, "read_only": session.read_only,
-                         "default_world": request.app.state.world})  # fmt: skip
+    return JSONResponse(
+        {
+            "version": __version__,
+            "role": session.role,
+            "read_only": session.read_only,
+            "default_world": request.app.state.world,
+        }
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

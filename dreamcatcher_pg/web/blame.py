@@ -120,8 +120,14 @@ class Item:
     data: Any
 
     def to_dict(self) -> dict[str, Any]:
-        return {"into_frame": self.into_frame, "frame": self.frame, "stream_id": self.stream_id,
-                "utc": self.utc, "delta_key": self.key, "position": self.position}  # fmt: skip
+        return {
+            "into_frame": self.into_frame,
+            "frame": self.frame,
+            "stream_id": self.stream_id,
+            "utc": self.utc,
+            "delta_key": self.key,
+            "position": self.position,
+        }
 
 
 def carries(data: Any, field: str | None, value: Any) -> bool:

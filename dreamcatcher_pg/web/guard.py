@@ -84,8 +84,11 @@ class Guard:
             return
         set_cookie = False
         if self.token is not None:
-            accepted = [how for how, value in _supplied_tokens(scope, headers)
-                        if hmac.compare_digest(value.encode(), self.token.encode())]  # fmt: skip
+            accepted = [
+                how
+                for how, value in _supplied_tokens(scope, headers)
+                if hmac.compare_digest(value.encode(), self.token.encode())
+            ]
             if not accepted:
                 refused = error_response(401, "unauthorized", "a valid token is required (?token= or Bearer)")
                 await refused(scope, receive, send)

@@ -153,6 +153,7 @@ async def events(request: Request) -> StreamingResponse:
             feed.unsubscribe(bounds.world, queue)
 
     return StreamingResponse(
-        stream(), media_type="text/event-stream",
+        stream(),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )  # fmt: skip
+    )

@@ -34,9 +34,14 @@ def text(request: Request, name: str, *, required: bool = False, max_length: int
 
 
 def integer(
-    request: Request, name: str, *, required: bool = False, low: int = 0, high: int = MAX_FRAME,
+    request: Request,
+    name: str,
+    *,
+    required: bool = False,
+    low: int = 0,
+    high: int = MAX_FRAME,
     default: int | None = None,
-) -> int | None:  # fmt: skip
+) -> int | None:
     """An integer parameter within ``low..high``."""
     raw = text(request, name, required=required, max_length=25)
     if raw is None:

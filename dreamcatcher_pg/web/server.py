@@ -87,17 +87,27 @@ def url_of(sock: socket.socket, token: str | None) -> str:
 
 
 async def serve(
-    config: WebConfig, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, *,
-    on_ready: Callable[[str], None] | None = None, stop: asyncio.Event | None = None,
-) -> None:  # fmt: skip
+    config: WebConfig,
+    address: str = DEFAULT_ADDRESS,
+    port: int = DEFAULT_PORT,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Serve the inspector until ``stop`` is set or the process is interrupted."""
     check_bind(address, config.token)
     sock = bind_socket(address, port)
     app = create_app(config)
-    server = _Server(uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2,
-        server_header=False,
-    ))  # fmt: skip
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            server_header=False,
+        )
+    )
     url = url_of(sock, config.token)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
