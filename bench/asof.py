@@ -31,9 +31,13 @@ CURRENT_POSTS = "SELECT * FROM dreamcatcher.posts WHERE world = $1"
 
 def _post(number: int, frame: int) -> str:
     return orjson.dumps(
-        {"number": number, "title": f"post {number} as of frame {frame}", "channel": "general",
-         "author": f"agent-{number % 100:02d}"}
-    ).decode()  # fmt: skip
+        {
+            "number": number,
+            "title": f"post {number} as of frame {frame}",
+            "channel": "general",
+            "author": f"agent-{number % 100:02d}",
+        }
+    ).decode()
 
 
 def versions(frames: int, posts: int, updates: int) -> Iterator[tuple[Any, ...]]:
@@ -55,14 +59,17 @@ async def _build(ctx: Context, conn: asyncpg.Connection) -> None:
         "INSERT INTO dreamcatcher.worlds (world, horizon) VALUES ($1, $2)", WORLD, size.asof_frames - 1
     )
     await conn.copy_records_to_table(
-        "entity_versions", schema_name="dreamcatcher", columns=VERSION_COLUMNS,
+        "entity_versions",
+        schema_name="dreamcatcher",
+        columns=VERSION_COLUMNS,
         records=versions(size.asof_frames, size.asof_posts, size.asof_updates_per_frame),
-    )  # fmt: skip
+    )
     await conn.execute(
         "INSERT INTO dreamcatcher.frame_log (world, frame, status, closed_at, merged_at, delta_count)"
         " SELECT $1, f, 'merged', clock_timestamp(), clock_timestamp(), 0 FROM generate_series(0, $2 - 1) f",
-        WORLD, size.asof_frames,
-    )  # fmt: skip
+        WORLD,
+        size.asof_frames,
+    )
     await conn.execute("ANALYZE dreamcatcher.entity_versions")
     await conn.execute("ANALYZE dreamcatcher.frame_log")
 
@@ -110,10 +117,22 @@ async def bench_asof(ctx: Context) -> list[Row]:
     ctx.say(f"asof: posts_at early {all_ms['early']:.2f} ms, late {all_ms['late']:.2f} ms")
     base = {"frames": size.asof_frames, "versions": versions_count, "posts": counts, "built_by": "COPY"}
     return [
-        Row("asof_posts", all_ms["late"], all_ms["early"], "ms", Target("<=", 1.5),
+        Row(
+            "asof_posts",
+            all_ms["late"],
+            all_ms["early"],
+            "ms",
+            Target("<=", 1.5),
             note="posts_at at the last frame; ceiling: at frame 1",
-            detail={**base, **{f"{k}_ms": v for k, v in all_ms.items()}, "current_view_ms": current_ms}),
-        Row("asof_post_lookup", one_ms["late"], one_ms["early"], "ms", Target("<=", 1.5),
+            detail={**base, **{f"{k}_ms": v for k, v in all_ms.items()}, "current_view_ms": current_ms},
+        ),
+        Row(
+            "asof_post_lookup",
+            one_ms["late"],
+            one_ms["early"],
+            "ms",
+            Target("<=", 1.5),
             note="posts_at(...) WHERE number = X, last frame; ceiling: at frame 1",
-            detail={**base, **{f"{k}_ms": v for k, v in one_ms.items()}}),
-    ]  # fmt: skip
+            detail={**base, **{f"{k}_ms": v for k, v in one_ms.items()}},
+        ),
+    ]

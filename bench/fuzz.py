@@ -29,14 +29,35 @@ from dreamcatcher_pg import DeltaClient, DreamcatcherError, Merger
 
 WORLD = "fuzz"
 RULE_KEYS = (
-    "posts_created", "posts_updated", "agents_updated", "comments_added", "reactions_added",
-    "chapters", "observations",
-)  # fmt: skip
+    "posts_created",
+    "posts_updated",
+    "agents_updated",
+    "comments_added",
+    "reactions_added",
+    "chapters",
+    "observations",
+)
 ODD_TEXT = (
-    "", " ", "\x00", "a\x00b", "\ud800", "x\udcffy", "\u202eevil\u202c", "👨‍👩‍👧", "e\u0301", "\ufeff",
-    "'); DROP TABLE dreamcatcher.delta_log; --", "$$; DELETE FROM dreamcatcher.entity_versions; $$",
-    "$1", "\\", '"; --', "%s%n", "null", "{}", "a" * 300,
-)  # fmt: skip
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "x\udcffy",
+    "\u202eevil\u202c",
+    "👨‍👩‍👧",
+    "e\u0301",
+    "\ufeff",
+    "'); DROP TABLE dreamcatcher.delta_log; --",
+    "$$; DELETE FROM dreamcatcher.entity_versions; $$",
+    "$1",
+    "\\",
+    '"; --',
+    "%s%n",
+    "null",
+    "{}",
+    "a" * 300,
+)
 SIZES = {False: 2_000, True: 20_000}  # calls per run: CI-sized, long
 
 
@@ -47,11 +68,28 @@ class _Opaque:
 def _scalar(rng: random.Random) -> Any:
     return rng.choice(
         [
-            None, True, False, 0, -1, 2**63, -(2**70), 1.5, math.nan, math.inf, -math.inf,
-            rng.choice(ODD_TEXT), b"\x00\xff", {1, 2}, (1, 2), _Opaque(), datetime(2026, 1, 1),
-            rng.randrange(-1000, 1000), rng.random(), "".join(rng.choice("ab:on 1") for _ in range(6)),
+            None,
+            True,
+            False,
+            0,
+            -1,
+            2**63,
+            -(2**70),
+            1.5,
+            math.nan,
+            math.inf,
+            -math.inf,
+            rng.choice(ODD_TEXT),
+            b"\x00\xff",
+            {1, 2},
+            (1, 2),
+            _Opaque(),
+            datetime(2026, 1, 1),
+            rng.randrange(-1000, 1000),
+            rng.random(),
+            "".join(rng.choice("ab:on 1") for _ in range(6)),
         ]
-    )  # fmt: skip
+    )
 
 
 def _value(rng: random.Random, depth: int = 0) -> Any:
@@ -76,10 +114,27 @@ def _messy_item(rng: random.Random, key: str) -> Any:
         return rng.choice([None, 7, "7", "c-1", "TYPE on NODE", "node:like", 1.25, [], {}, True])
     item: dict[str, Any] = {}
     for field in rng.sample(
-        ["number", "id", "comment_id", "agent_id", "agent", "author", "target", "node", "type",
-         "reaction", "book", "chapter", "count", "body", "content", "replied_to", "title"],
+        [
+            "number",
+            "id",
+            "comment_id",
+            "agent_id",
+            "agent",
+            "author",
+            "target",
+            "node",
+            "type",
+            "reaction",
+            "book",
+            "chapter",
+            "count",
+            "body",
+            "content",
+            "replied_to",
+            "title",
+        ],
         k=rng.randrange(0, 5),
-    ):  # fmt: skip
+    ):
         item[field] = rng.choice([1, 2, -3, "4", " 5 ", "x", None, 2.5, [1], {"a": 1}, "", "b" * 2000])
     return item
 
@@ -101,10 +156,16 @@ def _utc(rng: random.Random, n: int) -> Any:
     base = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=n)
     return rng.choice(
         [
-            None, base, base.replace(tzinfo=None), base.astimezone(timezone(timedelta(hours=-11))),
-            datetime.min, datetime.max, "2026-01-01", 0,
+            None,
+            base,
+            base.replace(tzinfo=None),
+            base.astimezone(timezone(timedelta(hours=-11))),
+            datetime.min,
+            datetime.max,
+            "2026-01-01",
+            0,
         ]
-    )  # fmt: skip
+    )
 
 
 async def _call(problems: list[str], what: str, coro: Any) -> Any:

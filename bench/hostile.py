@@ -115,9 +115,11 @@ async def far_future_copy(run: Run) -> None:
         try:
             row = f'{VICTIM}\t{run.frame + 1}\th\t10000-01-01 00:00:00+00\t{{"observations": [1]}}\n'
             await conn.copy_to_table(
-                "delta_log", schema_name="dreamcatcher", source=io.BytesIO(row.encode()),
+                "delta_log",
+                schema_name="dreamcatcher",
+                source=io.BytesIO(row.encode()),
                 columns=["world", "frame", "stream_id", "utc", "payload"],
-            )  # fmt: skip
+            )
             run.let_through.append("far_future_copy: accepted")
         except asyncpg.CheckViolationError:
             pass
@@ -204,20 +206,28 @@ async def repeatable_read(run: Run) -> None:
 async def batch_frames(run: Run) -> None:
     frames = list(range(run.frame + 1, run.frame + 34))
     await run.expect_refusal(
-        "batch_frames", "54000",
+        "batch_frames",
+        "54000",
         "SELECT dreamcatcher.append_deltas($1, 'h', $2::bigint[], $3::timestamptz[], $4::text[]::jsonb[])",
-        VICTIM, frames, [T0] * len(frames), ["{}"] * len(frames),
-    )  # fmt: skip
+        VICTIM,
+        frames,
+        [T0] * len(frames),
+        ["{}"] * len(frames),
+    )
     await run.good_frame("batch_frames")
 
 
 async def batch_size(run: Run) -> None:
     n = 10_001
     await run.expect_refusal(
-        "batch_size", "54000",
+        "batch_size",
+        "54000",
         "SELECT dreamcatcher.append_deltas($1, 'h', $2::bigint[], $3::timestamptz[], $4::text[]::jsonb[])",
-        VICTIM, [run.frame + 1] * n, [T0 + timedelta(microseconds=i) for i in range(n)], ["{}"] * n,
-    )  # fmt: skip
+        VICTIM,
+        [run.frame + 1] * n,
+        [T0 + timedelta(microseconds=i) for i in range(n)],
+        ["{}"] * n,
+    )
     await run.good_frame("batch_size")
 
 
@@ -260,10 +270,23 @@ async def tiny_leader_timeout(run: Run) -> None:
 
 
 ATTACKS: tuple[Attack, ...] = (
-    far_future_utc, far_future_copy, oversize_payload, deep_payload, huge_frame, epoch_ms_frame,
-    idle_new_frame, idle_in_frame, lock_by_hand, repeatable_read, batch_frames, batch_size,
-    late_retries, one_entity_many_fields, quarantine_flood, tiny_leader_timeout,
-)  # fmt: skip
+    far_future_utc,
+    far_future_copy,
+    oversize_payload,
+    deep_payload,
+    huge_frame,
+    epoch_ms_frame,
+    idle_new_frame,
+    idle_in_frame,
+    lock_by_hand,
+    repeatable_read,
+    batch_frames,
+    batch_size,
+    late_retries,
+    one_entity_many_fields,
+    quarantine_flood,
+    tiny_leader_timeout,
+)
 
 
 async def hostile(dsn: str) -> Report:
@@ -283,9 +306,12 @@ async def hostile(dsn: str) -> Report:
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
     verdict = await _verdict(dsn, run)
     report = Report(
-        "hostile", verdict, faults={"hostile attack": len(ATTACKS)}, seconds=time.monotonic() - started,
+        "hostile",
+        verdict,
+        faults={"hostile attack": len(ATTACKS)},
+        seconds=time.monotonic() - started,
         stalled=len(run.stalled),
-    )  # fmt: skip
+    )
     report.notes["attacks"] = [attack.__name__ for attack in ATTACKS]
     report.notes["writers_ended"] = sum(m.get_stats()["writers_ended"] for m in mergers)
     return report
@@ -307,9 +333,11 @@ async def _verdict(dsn: str, run: Run) -> Verdict:
             r["frame"]
             for r in await conn.fetch(
                 "SELECT frame FROM dreamcatcher.frame_log WHERE world = $1 AND status <> 'merged'"
-                " AND frame <= $2 ORDER BY 1", VICTIM, run.frame,
+                " AND frame <= $2 ORDER BY 1",
+                VICTIM,
+                run.frame,
             )
-        ]  # fmt: skip
+        ]
     lost = [key for key, (mark, _) in run.ledger.acked.items() if merged.get(mark, 0) == 0]
     doubled = [key for key, (mark, _) in run.ledger.acked.items() if merged.get(mark, 0) > 1]
     v.merged = len(run.ledger.acked) - len(lost) - len(doubled)

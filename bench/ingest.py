@@ -192,9 +192,11 @@ def raw_batch(dsn: str, plan: BatchPlan) -> Side:
 
             async def copy(conn: asyncpg.Connection, batch: Sequence[BenchDelta]) -> None:
                 await conn.copy_records_to_table(
-                    "bench_raw", schema_name="public", columns=RAW_COLUMNS,
+                    "bench_raw",
+                    schema_name="public",
+                    columns=RAW_COLUMNS,
                     records=[d.record(world) for d in batch],
-                )  # fmt: skip
+                )
 
             await asyncio.gather(*(copy(c, [_warm(b[0][0])]) for c, b in zip(conns, plan, strict=True)))
 
@@ -248,23 +250,43 @@ async def bench_ingest_single(ctx: Context) -> list[Row]:
     size = ctx.size
     plan = single_plan(ctx, seed=1)
     count = size.single_workers * size.single_per_worker
-    rates = await alternate(ctx, "single", count, {
-        "raw": raw_single(ctx.dsn, plan),
-        "ours": ours_single(ctx.dsn, plan),
-        "raw_pool": raw_single_pool(ctx.dsn, plan, reset=True),
-        "raw_pool_no_reset": raw_single_pool(ctx.dsn, plan, reset=False),
-    })  # fmt: skip
+    rates = await alternate(
+        ctx,
+        "single",
+        count,
+        {
+            "raw": raw_single(ctx.dsn, plan),
+            "ours": ours_single(ctx.dsn, plan),
+            "raw_pool": raw_single_pool(ctx.dsn, plan, reset=True),
+            "raw_pool_no_reset": raw_single_pool(ctx.dsn, plan, reset=False),
+        },
+    )
     detail = {"connections": size.single_workers, "deltas": count, "rounds": size.repeats, **rates.detail()}
     raw = rates.best("raw")
     return [
-        Row("ingest_single", rates.best("ours"), raw, "deltas/s", Target(">=", 0.75), detail=detail,
-            note="ours: DeltaClient.connect per worker (defaults); ceiling: " + CEILING_NOTE),
-        Row("pool_vs_dedicated", rates.best("raw_pool"), raw, "deltas/s", detail={
-                **detail, "raw_pool_no_reset": rates.best("raw_pool_no_reset"),
-                "raw_pool_no_reset_ratio": rates.best("raw_pool_no_reset") / raw},
+        Row(
+            "ingest_single",
+            rates.best("ours"),
+            raw,
+            "deltas/s",
+            Target(">=", 0.75),
+            detail=detail,
+            note="ours: DeltaClient.connect per worker (defaults); ceiling: " + CEILING_NOTE,
+        ),
+        Row(
+            "pool_vs_dedicated",
+            rates.best("raw_pool"),
+            raw,
+            "deltas/s",
+            detail={
+                **detail,
+                "raw_pool_no_reset": rates.best("raw_pool_no_reset"),
+                "raw_pool_no_reset_ratio": rates.best("raw_pool_no_reset") / raw,
+            },
             note="raw INSERT through a default asyncpg pool (reset query after each call) vs dedicated"
-            " connections; detail: the same pool without its reset"),
-    ]  # fmt: skip
+            " connections; detail: the same pool without its reset",
+        ),
+    ]
 
 
 async def bench_notify_ceiling(ctx: Context) -> list[Row]:
@@ -273,9 +295,16 @@ async def bench_notify_ceiling(ctx: Context) -> list[Row]:
     plan = single_plan(ctx, seed=3)
     count = size.single_workers * size.single_per_worker
     rounds = min(2, size.repeats)
-    rates = await alternate(ctx, "notify", count, {
-        "raw": raw_single(ctx.dsn, plan), "notify": raw_single(ctx.dsn, plan, RAW_INSERT_NOTIFY),
-    }, rounds=rounds)  # fmt: skip
+    rates = await alternate(
+        ctx,
+        "notify",
+        count,
+        {
+            "raw": raw_single(ctx.dsn, plan),
+            "notify": raw_single(ctx.dsn, plan, RAW_INSERT_NOTIFY),
+        },
+        rounds=rounds,
+    )
     note = "raw insert + pg_notify per transaction (what the design avoids); both on dedicated connections"
     detail = {"connections": size.single_workers, "deltas": count, "rounds": rounds, **rates.detail()}
     return [
@@ -300,7 +329,13 @@ async def bench_ingest_batch(ctx: Context) -> list[Row]:
         **rates.detail(),
     }
     return [
-        Row("ingest_batch", rates.best("ours"), rates.best("raw"), "deltas/s", Target(">=", 0.70),
-            detail=detail, note="ours: insert_deltas, DeltaClient.connect per writer; ceiling: raw COPY, "
-            + CEILING_NOTE)
-    ]  # fmt: skip
+        Row(
+            "ingest_batch",
+            rates.best("ours"),
+            rates.best("raw"),
+            "deltas/s",
+            Target(">=", 0.70),
+            detail=detail,
+            note="ours: insert_deltas, DeltaClient.connect per writer; ceiling: raw COPY, " + CEILING_NOTE,
+        )
+    ]

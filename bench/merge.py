@@ -79,14 +79,18 @@ async def write_frame(
     """N deltas by COPY into the log, then the frame's row (``closed`` or ``open``)."""
     await conn.execute("INSERT INTO dreamcatcher.worlds (world) VALUES ($1) ON CONFLICT DO NOTHING", world)
     await conn.copy_records_to_table(
-        "delta_log", schema_name="dreamcatcher", columns=LOG_COLUMNS,
+        "delta_log",
+        schema_name="dreamcatcher",
+        columns=LOG_COLUMNS,
         records=frame_records(world, frame, n, post_range),
-    )  # fmt: skip
+    )
     await conn.execute(
         "INSERT INTO dreamcatcher.frame_log (world, frame, status, closed_at)"
         " VALUES ($1, $2, $3, CASE WHEN $3 = 'closed' THEN clock_timestamp() END)",
-        world, frame, status,
-    )  # fmt: skip
+        world,
+        frame,
+        status,
+    )
 
 
 async def clone_frame(conn: asyncpg.Connection, source: tuple[str, int], world: str, frame: int) -> None:
@@ -95,8 +99,11 @@ async def clone_frame(conn: asyncpg.Connection, source: tuple[str, int], world: 
     await conn.execute(
         "INSERT INTO dreamcatcher.delta_log (world, frame, stream_id, utc, payload)"
         " SELECT $3, $4, stream_id, utc, payload FROM dreamcatcher.delta_log WHERE world = $1 AND frame = $2",
-        source[0], source[1], world, frame,
-    )  # fmt: skip
+        source[0],
+        source[1],
+        world,
+        frame,
+    )
 
 
 async def _checkpoint(conn: asyncpg.Connection) -> None:
@@ -210,10 +217,14 @@ def _flatness_row(runs: list[MergeRun]) -> Row:
     if any(r.timed_out for r in runs):
         note += "; a merge timed out: ours is a lower bound"
     return Row(
-        "merge_flatness", max(ours) / min(ours), max(raw) / min(raw), "max/min µs per delta",
-        Target("<=", 1.25, on_ours=True) if several else None, note=note,
+        "merge_flatness",
+        max(ours) / min(ours),
+        max(raw) / min(raw),
+        "max/min µs per delta",
+        Target("<=", 1.25, on_ours=True) if several else None,
+        note=note,
         detail={f"ours_us_per_delta@{r.n}": r.ours_s / r.n * 1e6 for r in runs},
-    )  # fmt: skip
+    )
 
 
 async def bench_merge(ctx: Context) -> list[Row]:

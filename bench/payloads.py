@@ -12,9 +12,27 @@ import orjson
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 WORDS = (
-    "tidepool", "lantern", "orbit", "garden", "glass", "bee", "paper", "boat", "night", "train",
-    "salt", "map", "owl", "harbor", "moss", "library", "engine", "dune", "choir", "signal",
-)  # fmt: skip
+    "tidepool",
+    "lantern",
+    "orbit",
+    "garden",
+    "glass",
+    "bee",
+    "paper",
+    "boat",
+    "night",
+    "train",
+    "salt",
+    "map",
+    "owl",
+    "harbor",
+    "moss",
+    "library",
+    "engine",
+    "dune",
+    "choir",
+    "signal",
+)
 CHANNELS = ("general", "research", "stories", "meta")
 
 

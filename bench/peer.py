@@ -172,13 +172,19 @@ async def bench_peer(ctx: Context) -> list[Row]:
     }
     return [
         Row(
-            "peer", best["ours"], best["peer"], "deltas/s",
+            "peer",
+            best["ours"],
+            best["peer"],
+            "deltas/s",
             note=_note(peer, 1, f"ours: insert_delta, {workers} DeltaClient.connect"),
             detail={**detail, "events_per_save": 1},
         ),
         Row(
-            "peer_batch", best["ours_batch"], best["peer_batch"], "deltas/s",
+            "peer_batch",
+            best["ours_batch"],
+            best["peer_batch"],
+            "deltas/s",
             note=_note(peer, per_batch, f"ours: insert_deltas of {per_batch}"),
             detail={**detail, "events_per_save": per_batch},
         ),
-    ]  # fmt: skip
+    ]

@@ -88,8 +88,9 @@ async def bench_merger_rss(ctx: Context) -> list[Row]:
         seconds = await conn.fetchval(
             "SELECT extract(epoch FROM merged_at - closed_at)::float8 FROM dreamcatcher.frame_log"
             " WHERE world = $1 AND frame = $2",
-            WORLD, FRAME,
-        )  # fmt: skip
+            WORLD,
+            FRAME,
+        )
     finally:
         await conn.close()
     ctx.say(f"merger_rss: idle {idle[0]:.1f} MB, peak {peak[0]:.1f} MB while merging {n:,} deltas")
@@ -101,7 +102,14 @@ async def bench_merger_rss(ctx: Context) -> list[Row]:
         "backend_peak_mb": peak[1],
     }
     return [
-        Row("merger_rss", peak[0], idle[0], "MB", Target("<=", 1.25), detail=detail,
+        Row(
+            "merger_rss",
+            peak[0],
+            idle[0],
+            "MB",
+            Target("<=", 1.25),
+            detail=detail,
             note=f"peak while merging N={n:,}; ceiling: same process idle"
-            + ("" if finished else f"; merge unfinished after {ctx.size.merge_timeout:.0f}s"))
-    ]  # fmt: skip
+            + ("" if finished else f"; merge unfinished after {ctx.size.merge_timeout:.0f}s"),
+        )
+    ]

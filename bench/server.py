@@ -186,9 +186,14 @@ class PrivatePostgres:
         user = owner if os.geteuid() == 0 and owner != 0 else None
         subprocess.run(
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), *args],
-            check=True, user=user, cwd=self.data_dir, timeout=120,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            check=True,
+            user=user,
+            cwd=self.data_dir,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop_server(self, mode: str) -> None:
         """``fast``: sessions are terminated (57P01); ``immediate``: a crash (recovery at start)."""

@@ -60,8 +60,9 @@ async def pg_restart(
             await admin.execute("CREATE DATABASE reliability")
         dsn = pg.dsn_for("reliability")
         await init_database(dsn)
-        return await _pg_restart_run(pg, dsn, restarts=restarts, outage=outage, streams=streams, lag=lag,
-                                     seed=seed, replay=replay)  # fmt: skip
+        return await _pg_restart_run(
+            pg, dsn, restarts=restarts, outage=outage, streams=streams, lag=lag, seed=seed, replay=replay
+        )
     finally:
         await asyncio.to_thread(pg.close)
 
@@ -188,9 +189,14 @@ async def _pg_restart_run(
             )
             report.reconnect_s.append(max(client_s, merger_s))
             per_restart.append(
-                {"mode": mode, "down_s": round(up_at - down_at, 3), "client_s": round(client_s, 3),
-                 "merger_s": round(merger_s, 3), "first_merge_s": round(merge_s, 3)}
-            )  # fmt: skip
+                {
+                    "mode": mode,
+                    "down_s": round(up_at - down_at, 3),
+                    "client_s": round(client_s, 3),
+                    "merger_s": round(merger_s, 3),
+                    "first_merge_s": round(merge_s, 3),
+                }
+            )
         done.set()
 
     try:
@@ -224,13 +230,17 @@ async def _pg_restart_run(
         "merger reconnects": merger.stats.reconnects,
         "writer connection errors": ledger.connection_errors,
         "writer inserts retried": {
-            "in flight": ledger.in_flight, "stored": ledger.in_flight_stored,
-            "duplicate": ledger.in_flight_duplicate, "refused": ledger.in_flight_refused,
+            "in flight": ledger.in_flight,
+            "stored": ledger.in_flight_stored,
+            "duplicate": ledger.in_flight_duplicate,
+            "refused": ledger.in_flight_refused,
         },
-        "in-flight inserts": {"acknowledged at once": len(inflight_ledger.acked) - len(inflight_lost),
-                              "raised ConnectionLostError": len(inflight_lost),
-                              "retry stored": inflight_ledger.in_flight_stored,
-                              "retry duplicate (had committed)": inflight_ledger.in_flight_duplicate},
-    }  # fmt: skip
+        "in-flight inserts": {
+            "acknowledged at once": len(inflight_ledger.acked) - len(inflight_lost),
+            "raised ConnectionLostError": len(inflight_lost),
+            "retry stored": inflight_ledger.in_flight_stored,
+            "retry duplicate (had committed)": inflight_ledger.in_flight_duplicate,
+        },
+    }
     report.seconds = time.monotonic() - started
     return report

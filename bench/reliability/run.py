@@ -95,31 +95,61 @@ async def _hostile(dsn: str) -> Report:
     return await hostile(dsn)
 
 
-COLUMNS = ("scenario", "faults injected", "inputs fuzzed", "acked", "refused", "merged", "lost", "doubled",
-           "worlds stalled", "takeover s", "reconnect s", "time s", "ok")  # fmt: skip
+COLUMNS = (
+    "scenario",
+    "faults injected",
+    "inputs fuzzed",
+    "acked",
+    "refused",
+    "merged",
+    "lost",
+    "doubled",
+    "worlds stalled",
+    "takeover s",
+    "reconnect s",
+    "time s",
+    "ok",
+)
 
 
 def table_rows(reports: Sequence[Report]) -> list[list[str]]:
     rows = []
     for r in reports:
         v = r.verdict
-        rows.append([
-            r.scenario, _faults_text(r.faults), "-" if r.fuzzed is None else str(r.fuzzed),
-            str(v.acked), str(v.refused), str(v.merged), str(v.lost), str(v.doubled),
-            "-" if r.stalled is None else str(r.stalled),
-            _secs(r.takeover_s), _secs(r.reconnect_s), f"{r.seconds:.1f}", "ok" if r.ok else "FAIL",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r.scenario,
+                _faults_text(r.faults),
+                "-" if r.fuzzed is None else str(r.fuzzed),
+                str(v.acked),
+                str(v.refused),
+                str(v.merged),
+                str(v.lost),
+                str(v.doubled),
+                "-" if r.stalled is None else str(r.stalled),
+                _secs(r.takeover_s),
+                _secs(r.reconnect_s),
+                f"{r.seconds:.1f}",
+                "ok" if r.ok else "FAIL",
+            ]
+        )
     faults: Counter[str] = Counter()
     for r in reports:
         faults.update(fault_counts(r.faults))
     fuzzed = [r.fuzzed for r in reports if r.fuzzed is not None]
-    rows.append([
-        "total", _faults_text(dict(faults), details=False), str(sum(fuzzed)) if fuzzed else "-",
-        *(str(sum(getattr(r.verdict, n) for r in reports)) for n in COLUMNS[3:8]),
-        str(sum(r.stalled or 0 for r in reports)) if any(r.stalled is not None for r in reports) else "-",
-        _secs([s for r in reports for s in r.takeover_s]), _secs([s for r in reports for s in r.reconnect_s]),
-        f"{sum(r.seconds for r in reports):.1f}", "ok" if all(r.ok for r in reports) else "FAIL",
-    ])  # fmt: skip
+    rows.append(
+        [
+            "total",
+            _faults_text(dict(faults), details=False),
+            str(sum(fuzzed)) if fuzzed else "-",
+            *(str(sum(getattr(r.verdict, n) for r in reports)) for n in COLUMNS[3:8]),
+            str(sum(r.stalled or 0 for r in reports)) if any(r.stalled is not None for r in reports) else "-",
+            _secs([s for r in reports for s in r.takeover_s]),
+            _secs([s for r in reports for s in r.reconnect_s]),
+            f"{sum(r.seconds for r in reports):.1f}",
+            "ok" if all(r.ok for r in reports) else "FAIL",
+        ]
+    )
     return rows
 
 

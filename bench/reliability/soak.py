@@ -105,7 +105,10 @@ async def soak(
             await merger.kill()
             raise
     report.verdict = await verify(dsn, world, ledger, replay=replay)
-    report.notes = {"writers": clients * per_client, "frames": report.verdict.frames,
-                    "acknowledged per second": round(len(ledger.acked) / seconds)}  # fmt: skip
+    report.notes = {
+        "writers": clients * per_client,
+        "frames": report.verdict.frames,
+        "acknowledged per second": round(len(ledger.acked) / seconds),
+    }
     report.seconds = time.monotonic() - started
     return report

@@ -136,8 +136,12 @@ async def verify(dsn: str, world: str, ledger: Ledger, *, replay: bool = True) -
         observations = int(
             await conn.fetchval("SELECT count(*) FROM dreamcatcher.observations WHERE world = $1", world)
         )
-        frames = {r["frame"]: r["status"] for r in await conn.fetch(
-            "SELECT frame, status FROM dreamcatcher.frame_log WHERE world = $1", world)}  # fmt: skip
+        frames = {
+            r["frame"]: r["status"]
+            for r in await conn.fetch(
+                "SELECT frame, status FROM dreamcatcher.frame_log WHERE world = $1", world
+            )
+        }
         audited = Counter(frame for frame, _, _ in await merge_audit(conn, world))
     v.logged = len(logged)
     lost, doubled = [], []
@@ -205,8 +209,12 @@ async def replay_hashes(dsn: str, world: str, into: str) -> tuple[int, list[int]
             " WHERE world = $1 ORDER BY stream_id, frame, utc",
             world,
         )
-        frames = [r["frame"] for r in await conn.fetch(
-            "SELECT frame FROM dreamcatcher.frame_log WHERE world = $1 ORDER BY frame", world)]  # fmt: skip
+        frames = [
+            r["frame"]
+            for r in await conn.fetch(
+                "SELECT frame FROM dreamcatcher.frame_log WHERE world = $1 ORDER BY frame", world
+            )
+        ]
     by_stream: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_stream.setdefault(r["stream_id"], []).append(

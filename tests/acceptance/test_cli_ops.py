@@ -35,9 +35,13 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dreamcatcher_pg", *argv],
-        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
         env=dict(os.environ) if env is None else env,
-    )  # fmt: skip
+    )
 
 
 def test_top_level_help_lists_every_command_and_the_environment() -> None:
@@ -100,9 +104,11 @@ def run_on_a_terminal(*argv: str, timeout: float = 120) -> tuple[int, str]:
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dreamcatcher_pg", *argv],
-        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
         env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
-    )  # fmt: skip
+    )
     os.close(terminal)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout

@@ -101,23 +101,46 @@ def stack() -> Iterator[Stack]:
     pg_port, metrics_port = free_port(), free_port()
     env.update(DREAMCATCHER_PG_PORT=str(pg_port), DREAMCATCHER_METRICS_PORT=str(metrics_port))
     project = f"dctest{os.getpid()}"
-    compose = ["docker-compose", "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
-               "-p", project]  # fmt: skip
+    compose = [
+        "docker-compose",
+        "--project-directory",
+        str(ROOT),
+        "-f",
+        str(ROOT / "docker-compose.yml"),
+        "-p",
+        project,
+    ]
     up = subprocess.run(
         [*compose, "up", "-d", "--no-build", "--scale", f"worker={WORKERS}"],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     try:
         assert up.returncode == 0, f"docker-compose up failed:\n{up.stdout}\n{up.stderr}"
         yield Stack(compose, env, pg_port, metrics_port)
     except BaseException:
-        logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "40"], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        logs = subprocess.run(
+            [*compose, "logs", "--no-color", "--tail", "40"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         print(f"docker-compose logs:\n{logs.stdout}\n{logs.stderr}")
         raise
     finally:
-        down = subprocess.run([*compose, "down", "-v", "--remove-orphans", "--timeout", "5"], env=env,
-                              capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+        down = subprocess.run(
+            [*compose, "down", "-v", "--remove-orphans", "--timeout", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
         assert down.returncode == 0, f"docker-compose down failed:\n{down.stdout}\n{down.stderr}"
 
 
@@ -139,15 +162,20 @@ def wait_for(what: str, timeout: float, probe: object) -> object:
 
 def health(compose: list[str], env: dict[str, str], service: str) -> list[str]:
     """The Docker health status of each container of ``service`` ("" when it has no health check)."""
-    ids = subprocess.run([*compose, "ps", "-q", service], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split()  # fmt: skip
+    ids = subprocess.run(
+        [*compose, "ps", "-q", service], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
     assert ids, f"no container for the service {service}"
     statuses = []
     for cid in ids:
         out = subprocess.run(
             ["docker", "inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", cid],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         statuses.append(out.strip())
     return statuses
 
@@ -190,12 +218,24 @@ def test_compose_stack_merges_frames_and_serves_metrics(
     assert http_status(f"{base}/readyz") == 200
     assert http_status(f"{base}/nothing-here") == 404
     # the image's own HEALTHCHECK command (the compose file probes /readyz instead): /healthz
-    probe = subprocess.run([*compose, "exec", "-T", "merger", "python3", "-m", "dreamcatcher_pg.probe"],
-                           env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    probe = subprocess.run(
+        [*compose, "exec", "-T", "merger", "python3", "-m", "dreamcatcher_pg.probe"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert probe.returncode == 0 and '"status":"ok"' in probe.stdout, (probe.stdout, probe.stderr)
     argv = ["dreamcatcher", "healthcheck", "--world", "fleet", "--max-lag", "60"]
-    check = subprocess.run([*compose, "exec", "-T", "merger", *argv],
-                           env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    check = subprocess.run(
+        [*compose, "exec", "-T", "merger", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert check.returncode == 0, (check.stdout, check.stderr)
     assert check.stdout.startswith("healthy: 1 world (fleet)"), check.stdout
 
@@ -220,8 +260,14 @@ def test_compose_stack_merges_frames_and_serves_metrics(
     assert metrics["dreamcatcher_close_to_merged_seconds_count"] >= 1
     assert metrics["dreamcatcher_deltas_ingested_total"] >= WORKERS
 
-    status = subprocess.run([*compose, "exec", "-T", "merger", "dreamcatcher", "status", "--json"],
-                            env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    status = subprocess.run(
+        [*compose, "exec", "-T", "merger", "dreamcatcher", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert status.returncode == 0, status.stderr
     (fleet,) = [w for w in json.loads(status.stdout) if w["world"] == "fleet"]
     assert fleet["leader_alive"] is True

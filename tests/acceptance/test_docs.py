@@ -68,8 +68,9 @@ def test_every_sh_line_is_run_or_says_why_not() -> None:
     assert unmarked == [], "commands in docs that no test runs (mark them '# not run by tests: why')"
 
 
-@pytest.mark.parametrize("doc", [p.name for p in DOC_FILES if any(
-    not NOT_RUN.search(line) for line in sh_lines(p))])  # fmt: skip
+@pytest.mark.parametrize(
+    "doc", [p.name for p in DOC_FILES if any(not NOT_RUN.search(line) for line in sh_lines(p))]
+)
 def test_doc_commands_run(doc: str, dreamcatcher_dsn: str) -> None:
     env = {
         **os.environ,
@@ -83,9 +84,14 @@ def test_doc_commands_run(doc: str, dreamcatcher_dsn: str) -> None:
             continue
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", line],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         assert result.returncode == 0, f"{doc}: `{line}` exited {result.returncode}:\n{result.stderr}"
         ran += 1
     assert ran > 0
@@ -109,17 +115,25 @@ def test_the_testing_example_passes(tmp_path: Path, dreamcatcher_server_dsn: str
     }
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
 
 
 def test_guarantees_mirror_the_readme_table() -> None:
     def rows(text: str) -> list[str]:
-        return [line for line in text.splitlines() if line.startswith("| ") and "design.md §2" not in line
-                and re.match(r"\| \d+\. ", line)]  # fmt: skip
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith("| ") and "design.md §2" not in line and re.match(r"\| \d+\. ", line)
+        ]
 
     readme = rows((ROOT / "README.md").read_text(encoding="utf-8"))
     assert len(readme) == 9
@@ -155,8 +169,9 @@ async def test_operations_lists_every_status_key(dreamcatcher_dsn: str) -> None:
         await conn.close()
     (world,) = await collect_status(dreamcatcher_dsn)
     text = (DOCS / "operations.md").read_text(encoding="utf-8").split("The keys:", 1)[1].split("\n\n", 2)[1]
-    documented = {name for row in re.findall(r"^\| (.+?) \|", text, flags=re.M)
-                  for name in re.findall(r"`(\w+)`", row)}  # fmt: skip
+    documented = {
+        name for row in re.findall(r"^\| (.+?) \|", text, flags=re.M) for name in re.findall(r"`(\w+)`", row)
+    }
     assert set(world.to_dict()) == documented
 
 

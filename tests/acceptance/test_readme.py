@@ -38,9 +38,16 @@ def test_readme_gives_exactly_two_setup_commands() -> None:
 async def test_tour_merger_worker_and_time_travel(dreamcatcher_dsn: str) -> None:
     env = {**os.environ, "DREAMCATCHER_DSN": dreamcatcher_dsn}
     merger = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dreamcatcher_pg", "merger", "--poll-interval", "0.2",
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "dreamcatcher_pg",
+        "merger",
+        "--poll-interval",
+        "0.2",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         worker = next(b for b in _blocks("python") if "DeltaClient.connect" in b)
         proc = await asyncio.create_subprocess_exec(

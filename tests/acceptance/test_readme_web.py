@@ -41,8 +41,12 @@ def serving(argv: list[str], dsn: str) -> Iterator[tuple[subprocess.Popen[str], 
     env = {**os.environ, "DREAMCATCHER_DSN": dsn}
     with subprocess.Popen(
         [sys.executable, "-m", "dreamcatcher_pg", *argv, *FREE_PORT[argv[0]]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL,
-    ) as proc:  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         printed = []
         try:

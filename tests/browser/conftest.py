@@ -55,12 +55,29 @@ def demo_web(browser: Any, dreamcatcher_server_dsn: str, dreamcatcher_template_d
     name = f"dc_browser_{os.getpid()}_{secrets.token_hex(4)}"
     admin = dreamcatcher_server_dsn
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(dreamcatcher_template_db)))  # fmt: skip
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(dreamcatcher_template_db)
+            )
+        )
     dsn = database_dsn(admin, name)
-    argv = [sys.executable, "-m", "dreamcatcher_pg", "--dsn", dsn, "demo", "--world", str(DEMO["world"]),
-            "--streams", str(DEMO["streams"]), "--frames", str(DEMO["frames"]),
-            "--web", "--web-port", "0"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "dreamcatcher_pg",
+        "--dsn",
+        dsn,
+        "demo",
+        "--world",
+        str(DEMO["world"]),
+        "--streams",
+        str(DEMO["streams"]),
+        "--frames",
+        str(DEMO["frames"]),
+        "--web",
+        "--web-port",
+        "0",
+    ]
     try:
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None and proc.stderr is not None

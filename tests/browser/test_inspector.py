@@ -35,8 +35,12 @@ def shown_titles(page: Any) -> dict[str, str]:
 
 
 def titles_at(demo: Demo, frame: int) -> dict[str, str]:
-    rows = query(demo.dsn, "SELECT ekey, data->>'title' FROM dreamcatcher.entities_at(%s, 'post', %s)"
-                 " ORDER BY ekey LIMIT 50", demo.world, frame)  # fmt: skip
+    rows = query(
+        demo.dsn,
+        "SELECT ekey, data->>'title' FROM dreamcatcher.entities_at(%s, 'post', %s) ORDER BY ekey LIMIT 50",
+        demo.world,
+        frame,
+    )
     return {key: title for key, title in rows}
 
 
@@ -56,8 +60,11 @@ def test_the_demo_opens_on_its_world(page: Any, demo_web: Demo) -> None:
     open_view(page, demo_web, "worlds")
     row = page.locator(f'#worlds-table tr[data-world="{demo_web.world}"]')
     expect(row).to_be_visible(timeout=TIMEOUT)
-    merged = query(demo_web.dsn, "SELECT count(*), max(frame) FROM dreamcatcher.frames"
-                   " WHERE world = %s AND status = 'merged'", demo_web.world)[0]  # fmt: skip
+    merged = query(
+        demo_web.dsn,
+        "SELECT count(*), max(frame) FROM dreamcatcher.frames WHERE world = %s AND status = 'merged'",
+        demo_web.world,
+    )[0]
     cells = row.locator("td")
     assert cells.nth(3).inner_text() == str(merged[0]) and cells.nth(4).inner_text() == str(merged[1])
     quarantined = query(
@@ -119,8 +126,13 @@ def test_a_diff_between_two_frames(page: Any, demo_web: Demo) -> None:
     page.fill("#diff-a", str(a))
     page.fill("#diff-b", str(b))
     page.click("#diff-form button[type=submit]")
-    expected = query(demo_web.dsn, "SELECT ekey, change FROM dreamcatcher.entity_changes(%s, %s, %s)"
-                     " WHERE kind = 'post' ORDER BY ekey", demo_web.world, a, b)  # fmt: skip
+    expected = query(
+        demo_web.dsn,
+        "SELECT ekey, change FROM dreamcatcher.entity_changes(%s, %s, %s) WHERE kind = 'post' ORDER BY ekey",
+        demo_web.world,
+        a,
+        b,
+    )
     assert expected
     counts = {
         change: sum(1 for _, c in expected if c == change) for change in ("added", "changed", "removed")

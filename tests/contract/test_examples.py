@@ -32,9 +32,12 @@ async def merging(dsn: str, world: str) -> AsyncIterator[None]:
 
 async def run_example(name: str, *args: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(WORKERS / name), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        str(WORKERS / name),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])

@@ -179,14 +179,25 @@ async def long_history(conn: asyncpg.Connection, world: str, frames: int, posts:
     for f in range(1, frames):
         for n in range(f % posts, f % posts + per_frame):
             number = n % posts
-            rows.append((world, "post", str(number), f'{{"number": {number}, "v": {since[number]}}}', 0,
-                         since[number], f))  # fmt: skip
+            rows.append(
+                (
+                    world,
+                    "post",
+                    str(number),
+                    f'{{"number": {number}, "v": {since[number]}}}',
+                    0,
+                    since[number],
+                    f,
+                )
+            )
             since[number] = f
     rows += [(world, "post", str(n), f'{{"number": {n}, "v": {s}}}', 0, s, None) for n, s in since.items()]
     await conn.copy_records_to_table(
-        "entity_versions", schema_name="dreamcatcher", records=rows,
+        "entity_versions",
+        schema_name="dreamcatcher",
+        records=rows,
         columns=["world", "kind", "ekey", "data", "first_frame", "valid_from", "valid_to"],
-    )  # fmt: skip
+    )
     await conn.execute("ANALYZE dreamcatcher.entity_versions")
 
 
@@ -231,9 +242,11 @@ async def readme_world(dsn: str) -> None:
     async with DeltaClient.connect(dsn, stream_id="stream-1") as dc:
         await dc.insert_delta(
             515,
-            {"posts_created": [{"number": 42, "title": "Hello", "author": "ada"}],
-             "comments_added": [{"id": "c1", "discussion": 42, "author": "bob", "body": "hi"}]},
-        )  # fmt: skip
+            {
+                "posts_created": [{"number": 42, "title": "Hello", "author": "ada"}],
+                "comments_added": [{"id": "c1", "discussion": 42, "author": "bob", "body": "hi"}],
+            },
+        )
         await dc.close_frame(515)
     await merge_until_idle(dsn, "default")
 

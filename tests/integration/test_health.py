@@ -179,9 +179,14 @@ async def test_healthcheck_exit_codes(dreamcatcher_dsn: str, capsys: pytest.Capt
 async def test_healthcheck_without_a_dsn_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DREAMCATCHER_", "PG"))}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dreamcatcher_pg", "healthcheck",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "dreamcatcher_pg",
+        "healthcheck",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2, err.decode()  # no server configured: a usage error, like every command
     assert "no PostgreSQL server configured" in err.decode(), err
@@ -304,11 +309,26 @@ async def test_merger_cli_metrics_address_build_info_and_json_log_fields(dreamca
         await configure_world(conn, "w", expected_streams=["s1"])  # the merger closes each frame
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dreamcatcher_pg", "--dsn", dsn, "--log-format", "json",
-        "merger", "--world", "w", "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
-        "--poll-interval", "0.1",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "dreamcatcher_pg",
+        "--dsn",
+        dsn,
+        "--log-format",
+        "json",
+        "merger",
+        "--world",
+        "w",
+        "--metrics-port",
+        str(port),
+        "--metrics-address",
+        "127.0.0.1",
+        "--poll-interval",
+        "0.1",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         async with DeltaClient.connect(dsn, stream_id="s1", world="w") as dc:
             await dc.insert_delta(1, {"observations": [{"id": "o"}]}, utc=at(1))

@@ -98,22 +98,31 @@ async def test_a_far_future_utc_is_refused_and_the_world_merges_on(dreamcatcher_
         try:
             for utc in ("294270-01-01 00:00:00+00", "10000-01-01 00:00:00+00", "0001-01-01 00:00:00+01"):
                 await refused(
-                    conn, "22008", "SELECT dreamcatcher.append_delta($1, 's', 1, $2::text::timestamptz, "
-                    """'{"observations": [1]}')""", VICTIM, utc,
-                )  # fmt: skip
+                    conn,
+                    "22008",
+                    "SELECT dreamcatcher.append_delta($1, 's', 1, $2::text::timestamptz, "
+                    """'{"observations": [1]}')""",
+                    VICTIM,
+                    utc,
+                )
             await refused(
-                conn, "22008", "SELECT dreamcatcher.append_deltas($1, 's', '{1}',"
+                conn,
+                "22008",
+                "SELECT dreamcatcher.append_deltas($1, 's', '{1}',"
                 """ ARRAY[$2::text::timestamptz], ARRAY['{"observations": [1]}'::jsonb])""",
-                VICTIM, "294270-01-01 00:00:00+00",
-            )  # fmt: skip
+                VICTIM,
+                "294270-01-01 00:00:00+00",
+            )
             # COPY straight into the log: the table's own checks
             for utc in ("294270-01-01 00:00:00+00", "0001-01-01 00:00:00+01"):
                 row = f'{VICTIM}\t1\ts\t{utc}\t{{"observations": [1]}}\n'.encode()
                 with pytest.raises(asyncpg.CheckViolationError, match="delta_log_utc_range"):
                     await conn.copy_to_table(
-                        "delta_log", schema_name="dreamcatcher", source=io.BytesIO(row),
+                        "delta_log",
+                        schema_name="dreamcatcher",
+                        source=io.BytesIO(row),
                         columns=["world", "frame", "stream_id", "utc", "payload"],
-                    )  # fmt: skip
+                    )
             # the edges themselves are accepted, and merge (asyncpg sends datetime.min as -infinity)
             assert (
                 await conn.fetchval(APPEND, VICTIM, "s", 1, datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC), PAYLOAD)
@@ -175,9 +184,13 @@ async def test_a_frame_far_ahead_is_refused_and_normal_frames_go_on(dreamcatcher
             epoch_ms = 1_764_000_000_000
             await refused(conn, "DCF01", APPEND, VICTIM, "s", epoch_ms, unique_utc(), PAYLOAD)
             await refused(
-                conn, "DCF01", "SELECT dreamcatcher.append_deltas($1, 's', ARRAY[$2::bigint], ARRAY[now()],"
-                """ ARRAY['{}'::jsonb])""", VICTIM, epoch_ms,
-            )  # fmt: skip
+                conn,
+                "DCF01",
+                "SELECT dreamcatcher.append_deltas($1, 's', ARRAY[$2::bigint], ARRAY[now()],"
+                """ ARRAY['{}'::jsonb])""",
+                VICTIM,
+                epoch_ms,
+            )
         finally:
             await conn.close()
         async with DeltaClient.connect(dsn, stream_id="good", world=VICTIM) as dc:
@@ -421,8 +434,12 @@ async def test_a_retried_late_delta_is_one_row(dreamcatcher_dsn: str) -> None:
         other = unique_utc()
         assert await conn.fetchval(
             "SELECT dreamcatcher.append_deltas($1, 'retrier', '{1, 1}', ARRAY[$2, $3]::timestamptz[],"
-            " ARRAY[$4, $4]::text[]::jsonb[])", VICTIM, utc, other, PAYLOAD,
-        ) == ["late", "late"]  # fmt: skip
+            " ARRAY[$4, $4]::text[]::jsonb[])",
+            VICTIM,
+            utc,
+            other,
+            PAYLOAD,
+        ) == ["late", "late"]
         rows = await conn.fetch(
             "SELECT utc, attempts FROM dreamcatcher.late_attempts WHERE world = $1 ORDER BY attempts", VICTIM
         )

@@ -79,8 +79,10 @@ async def test_corpus_ingests_and_merges(dreamcatcher_dsn: str) -> None:
     assert unmerged == 6
 
     # posts: bare ints and objects
-    posts = {r["number"]: orjson.loads(r["data"]) for r in await fetch(
-        dsn, "SELECT number, data::text FROM dreamcatcher.posts WHERE world = 'w'")}  # fmt: skip
+    posts = {
+        r["number"]: orjson.loads(r["data"])
+        for r in await fetch(dsn, "SELECT number, data::text FROM dreamcatcher.posts WHERE world = 'w'")
+    }
     assert {6486, 6714, 6716, 6200, 6205, 14831, 14838, 18597} == set(posts)
     assert posts[6486] == {"number": 6486}
     assert posts[14831]["author"] == "zion-coder-01"
@@ -111,8 +113,12 @@ async def test_corpus_ingests_and_merges(dreamcatcher_dsn: str) -> None:
         dsn, "SELECT frame, stream_id FROM dreamcatcher.observations WHERE world = 'w' ORDER BY 1, 2"
     )
     assert [tuple(r) for r in obs] == [
-        (108, "solo"), (138, "solo"), (138, "solo-b"), (500, "stream-1"), (520, "solo"),
-    ]  # fmt: skip
+        (108, "solo"),
+        (138, "solo"),
+        (138, "solo-b"),
+        (500, "stream-1"),
+        (520, "solo"),
+    ]
 
 
 async def test_ingesting_twice_changes_nothing(dreamcatcher_dsn: str, tmp_path: Path) -> None:
@@ -202,8 +208,9 @@ async def test_same_comment_ids_under_two_stream_names_dedupe(dreamcatcher_dsn: 
     }
     rows = await fetch(dsn, "SELECT stream_id, utc FROM dreamcatcher.deltas WHERE world = 'w' ORDER BY 1")
     assert [(r["stream_id"], r["utc"]) for r in rows] == [
-        ("alpha", datetime(1970, 1, 1, tzinfo=UTC)), ("beta", datetime(1970, 1, 1, tzinfo=UTC)),
-    ]  # fmt: skip
+        ("alpha", datetime(1970, 1, 1, tzinfo=UTC)),
+        ("beta", datetime(1970, 1, 1, tzinfo=UTC)),
+    ]
     ids = await fetch(dsn, "SELECT id FROM dreamcatcher.comments WHERE world = 'w' ORDER BY 1")
     assert [r["id"] for r in ids] == ["DC_one", "DC_two"]
     reactions = await fetch(

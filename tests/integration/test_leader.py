@@ -208,10 +208,23 @@ async def merger_subprocess(dsn: str, *, leader_timeout: float) -> AsyncIterator
     stopped) on exit, its log attached to a failure."""
     with tempfile.TemporaryFile() as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dreamcatcher_pg", "--dsn", dsn, "-v", "merger", "--world", WORLD,
-            "--poll-interval", str(POLL), "--leader-timeout", str(leader_timeout),
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "dreamcatcher_pg",
+            "--dsn",
+            dsn,
+            "-v",
+            "merger",
+            "--world",
+            WORLD,
+            "--poll-interval",
+            str(POLL),
+            "--leader-timeout",
+            str(leader_timeout),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
         try:
             yield proc
         except BaseException as exc:

@@ -55,10 +55,24 @@ async def scrape(port: int) -> Samples:
 async def test_merger_serves_metrics_and_json_logs(dreamcatcher_dsn: str) -> None:
     port = free_port()
     merger = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dreamcatcher_pg", "--dsn", dreamcatcher_dsn, "--log-format", "json",
-        "merger", "--world", "w", "--metrics-port", str(port), "--poll-interval", "0.1",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "dreamcatcher_pg",
+        "--dsn",
+        dreamcatcher_dsn,
+        "--log-format",
+        "json",
+        "merger",
+        "--world",
+        "w",
+        "--metrics-port",
+        str(port),
+        "--poll-interval",
+        "0.1",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         async with DeltaClient.connect(dreamcatcher_dsn, stream_id="s1", world="w") as dc:
             payload: dict[str, Any] = {
@@ -124,10 +138,17 @@ async def test_metrics_port_in_use_is_a_clear_error(dreamcatcher_dsn: str) -> No
         taken.listen()
         port = taken.getsockname()[1]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dreamcatcher_pg", "--dsn", dreamcatcher_dsn,
-            "merger", "--metrics-port", str(port),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "dreamcatcher_pg",
+            "--dsn",
+            dreamcatcher_dsn,
+            "merger",
+            "--metrics-port",
+            str(port),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert "dreamcatcher: error:" in err.decode() and "Traceback" not in err.decode()

@@ -56,8 +56,11 @@ async def close_merge(dsn: str, world: str, *frames: int) -> None:
 
 
 async def frames(dsn: str, world: str) -> list[tuple[int, str, str | None]]:
-    rows = await fetch(dsn, "SELECT frame, state_hash, rules FROM dreamcatcher.frame_log WHERE world = $1 "
-                       "ORDER BY frame", world)  # fmt: skip
+    rows = await fetch(
+        dsn,
+        "SELECT frame, state_hash, rules FROM dreamcatcher.frame_log WHERE world = $1 ORDER BY frame",
+        world,
+    )
     return [(r["frame"], r["state_hash"], r["rules"]) for r in rows]
 
 
@@ -91,6 +94,7 @@ async def test_code_review_example(dreamcatcher_dsn: str) -> None:
 
 # -- bad rule files ------------------------------------------------------------------------------
 
+#: a table, one case per row: name -> (rules text, line of the error, its message); kept as rows by fmt: skip
 BAD = {
     "unknown merge": (
         '[kinds.a]\nfrom = ["x"]\nkey = ["id"]\nmerge = "newest"\n', 4, "unknown merge 'newest'",
@@ -193,8 +197,9 @@ async def test_snapshot_and_export_dir_carry_the_rules(dreamcatcher_dsn: str, tm
 
     await export_dir(dsn, w, tmp_path / "dir")
     assert sorted(p.name for p in (tmp_path / "dir").glob("rules-*.toml")) == [
-        "rules-from-frame-1.toml", "rules-from-frame-2.toml",
-    ]  # fmt: skip
+        "rules-from-frame-1.toml",
+        "rules-from-frame-2.toml",
+    ]
     report = await ingest_directory(dsn, tmp_path / "dir", "back", timeout=10)
     assert report.ok
     assert [(f, h) for f, h, _ in await frames(dsn, "back")] == [(f, h) for f, h, _ in recorded]
@@ -206,14 +211,29 @@ async def test_snapshot_and_export_dir_carry_the_rules(dreamcatcher_dsn: str, tm
 async def test_entities_give_each_key_as_a_json_array(dreamcatcher_dsn: str) -> None:
     dsn = dreamcatcher_dsn
     await apply_rules(dsn, "keys", load_rules(REVIEW))
-    await put(dsn, "keys", "s", 1, {
-        "files_changed": [{"change": "7", "path": "a.py"}], "labels": [{"change": 7, "tags": ["x"]}],
-        "findings": ["f"],
-    })  # fmt: skip
-    await put(dsn, "default", "s", 1, {
-        "posts_created": [42], "comments_added": ["c1", {"body": "no id"}], "observations": [{"o": 1}],
-        "reactions_added": ["p:like"],
-    })  # fmt: skip
+    await put(
+        dsn,
+        "keys",
+        "s",
+        1,
+        {
+            "files_changed": [{"change": "7", "path": "a.py"}],
+            "labels": [{"change": 7, "tags": ["x"]}],
+            "findings": ["f"],
+        },
+    )
+    await put(
+        dsn,
+        "default",
+        "s",
+        1,
+        {
+            "posts_created": [42],
+            "comments_added": ["c1", {"body": "no id"}],
+            "observations": [{"o": 1}],
+            "reactions_added": ["p:like"],
+        },
+    )
     await close_merge(dsn, "keys", 1)
     await close_merge(dsn, "default", 1)
     async with connection(dsn) as conn:

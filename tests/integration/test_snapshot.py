@@ -81,8 +81,11 @@ async def log_rows(conn: asyncpg.Connection, world: str) -> dict[str, list[tuple
         " ORDER BY id",
         world,
     )
-    return {"deltas": [tuple(r) for r in deltas], "deferred": [tuple(r) for r in deferred],
-            "late": [tuple(r) for r in late]}  # fmt: skip
+    return {
+        "deltas": [tuple(r) for r in deltas],
+        "deferred": [tuple(r) for r in deferred],
+        "late": [tuple(r) for r in late],
+    }
 
 
 async def fingerprint(dsn: str, world: str) -> dict[str, Any]:
@@ -153,8 +156,10 @@ def write_members(path: Path, manifest: dict[str, Any], files: dict[str, bytes],
     if fix:
         for name, data in files.items():
             manifest["members"][name] = {
-                "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "lines": data.count(b"\n"),
-            }  # fmt: skip
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                "lines": data.count(b"\n"),
+            }
     with tarfile.open(path, "w:gz") as tar:
         for name, data in [("manifest.json", orjson.dumps(manifest)), *files.items()]:
             info = tarfile.TarInfo(name)

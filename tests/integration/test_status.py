@@ -128,8 +128,15 @@ async def test_status_table(dreamcatcher_dsn: str, capsys: pytest.CaptureFixture
     capsys.readouterr()
     assert await cli("--dsn", dreamcatcher_dsn, "status", "--world", "w") == 5  # its merger stopped
     out = re.sub(r"[\s│]+", " ", capsys.readouterr().out)  # wrapped cells joined again
-    for fact in ("1/1/1", "#1: 3 deltas", "1 frames", "#2: 2/3 expected streams", "waiting for c",
-                 "telemetry x2", "none (last: "):  # fmt: skip
+    for fact in (
+        "1/1/1",
+        "#1: 3 deltas",
+        "1 frames",
+        "#2: 2/3 expected streams",
+        "waiting for c",
+        "telemetry x2",
+        "none (last: ",
+    ):
         assert fact in out, (fact, out)
 
 

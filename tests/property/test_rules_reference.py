@@ -61,8 +61,14 @@ def rule_files(draw: st.DrawFn) -> tuple[str, list[dict[str, Any]]]:
     keyed = [s for s in specs if "key" in s and "delete" not in s and "b" not in s["key"][:1]]
     if keyed and draw(st.booleans()):
         src = keyed[0]
-        lines += ["[kinds.tally_of]", f'derive = "{src["name"]}"', 'group = "a"', 'count = "n"',
-                  'target = "need"', f"target_default = {draw(st.integers(1, 3))}"]  # fmt: skip
+        lines += [
+            "[kinds.tally_of]",
+            f'derive = "{src["name"]}"',
+            'group = "a"',
+            'count = "n"',
+            'target = "need"',
+            f"target_default = {draw(st.integers(1, 3))}",
+        ]
         src["derived"] = True
     return "\n".join(lines) + "\n", specs
 
@@ -127,9 +133,13 @@ async def _load(pool: asyncpg.Pool, world: str, deltas: list[Delta]) -> None:
     async with pool.acquire() as conn:
         for frame, stream, utc, payload in deltas:
             status = await conn.fetchval(
-                "SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::jsonb)", world, stream, frame, utc,
+                "SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::jsonb)",
+                world,
+                stream,
+                frame,
+                utc,
                 json.dumps(payload),
-            )  # fmt: skip
+            )
             assert status == "stored"
         for frame in FRAMES:
             await conn.execute("SELECT dreamcatcher.close_frame($1, $2)", world, frame)
@@ -145,8 +155,9 @@ async def _state(conn: asyncpg.Connection, world: str, frame: int) -> dict[tuple
     rows = await conn.fetch(
         "SELECT kind, ekey, data::text AS data, first_frame FROM dreamcatcher.entity_versions "
         "WHERE world = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2)",
-        world, frame,
-    )  # fmt: skip
+        world,
+        frame,
+    )
     return {(r["kind"], r["ekey"]): (r["data"], r["first_frame"]) for r in rows}
 
 

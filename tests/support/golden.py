@@ -175,8 +175,12 @@ async def load_and_merge(conn: asyncpg.Connection, world: str = WORLD) -> None:
     for frame, stream, utc, payload in golden_log():
         await conn.execute(
             "SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::jsonb)",
-            world, stream, frame, utc, json.dumps(payload),
-        )  # fmt: skip
+            world,
+            stream,
+            frame,
+            utc,
+            json.dumps(payload),
+        )
     for frame in range(1, FRAMES + 1):
         await conn.execute("SELECT dreamcatcher.close_frame($1, $2)", world, frame)
     for frame in range(1, FRAMES + 1):

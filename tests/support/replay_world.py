@@ -23,9 +23,10 @@ async def build_world(dsn: str, world: str = W) -> None:
             await dc.insert_delta(1, {"posts_updated": [{"number": 1, "title": "refused"}]}, utc=at(100))
         await dc.configure_world(late_policy="defer")
         receipt = await dc.insert_delta(
-            2, {"posts_updated": [{"number": 2, "title": "deferred"}], "observations": [{"id": "late"}]},
+            2,
+            {"posts_updated": [{"number": 2, "title": "deferred"}], "observations": [{"id": "late"}]},
             utc=at(101),
-        )  # fmt: skip
+        )
         assert receipt.status == "deferred"
         await dc.insert_delta(6, {"posts_updated": [{"number": 1, "title": "six"}]}, utc=at(102))
     await close_frames(dsn, world, [6])

@@ -65,9 +65,12 @@ def test_alert_rules_are_well_formed() -> None:
             assert re.fullmatch(r"\d+[smh]", rule["for"]), rule
     # the four the issue asks for: no leader, merge lag, stale metrics, quarantine growth
     exprs = " ".join(r["expr"] for r in rules)
-    for metric in ("dreamcatcher_leader", "dreamcatcher_merge_lag_seconds",
-                   "dreamcatcher_metrics_refresh_timestamp_seconds",
-                   "dreamcatcher_quarantined_items_total"):  # fmt: skip
+    for metric in (
+        "dreamcatcher_leader",
+        "dreamcatcher_merge_lag_seconds",
+        "dreamcatcher_metrics_refresh_timestamp_seconds",
+        "dreamcatcher_quarantined_items_total",
+    ):
         assert metric in exprs, metric
 
 

@@ -297,8 +297,13 @@ def test_every_corpus_file_parses() -> None:
     assert all(isinstance(r, ParsedDelta) for r in results)
     parsed = [r for r in results if isinstance(r, ParsedDelta)]
     assert [(p.frame, p.stream_id) for p in parsed] == [
-        (10, "solo"), (108, "solo"), (138, "solo-b"), (138, "solo"), (500, "stream-1"), (520, "solo"),
-    ]  # fmt: skip
+        (10, "solo"),
+        (108, "solo"),
+        (138, "solo-b"),
+        (138, "solo"),
+        (500, "stream-1"),
+        (520, "solo"),
+    ]
     assert {p.utc_source for p in parsed} == {"completed_at"}
     assert parsed[2].utc == parsed[3].utc  # the two frame-138 deltas share a timestamp
 

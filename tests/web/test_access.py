@@ -28,12 +28,19 @@ from tests.support.webserver import running_inspector, scratch_database
 STATIC = Path(dreamcatcher_pg.web.__file__).parent / "static"
 #: One GET of every JSON endpoint on world w (all must answer 200).
 SWEEP = [
-    ("/api/meta", {}), ("/api/worlds", {}), ("/api/world", {}), ("/api/timeline", {}),
-    ("/api/frame", {"frame": 3}), ("/api/state", {"kind": "post", "frame": 3}),
-    ("/api/state", {"kind": "comment", "value": "hi"}), ("/api/diff", {"a": 1, "b": 5}),
-    ("/api/entity", {"kind": "post", "key": "1"}), ("/api/history", {"kind": "comment", "key": "id:c1"}),
-    ("/api/quarantine", {}), ("/api/late", {}),
-]  # fmt: skip
+    ("/api/meta", {}),
+    ("/api/worlds", {}),
+    ("/api/world", {}),
+    ("/api/timeline", {}),
+    ("/api/frame", {"frame": 3}),
+    ("/api/state", {"kind": "post", "frame": 3}),
+    ("/api/state", {"kind": "comment", "value": "hi"}),
+    ("/api/diff", {"a": 1, "b": 5}),
+    ("/api/entity", {"kind": "post", "key": "1"}),
+    ("/api/history", {"kind": "comment", "key": "id:c1"}),
+    ("/api/quarantine", {}),
+    ("/api/late", {}),
+]
 
 
 def as_user(dsn: str, user: str) -> str:
@@ -95,8 +102,9 @@ async def test_every_endpoint_works_as_the_reader_role(
         try:
             assert await conn.fetchval("SELECT current_user") == names.reader
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # even out of read-only mode
-                await conn.execute("SET transaction_read_only = off; "
-                                   "INSERT INTO dreamcatcher.worlds (world) VALUES ('x')")  # fmt: skip
+                await conn.execute(
+                    "SET transaction_read_only = off; INSERT INTO dreamcatcher.worlds (world) VALUES ('x')"
+                )
         finally:
             await conn.close()
 

@@ -53,7 +53,11 @@ async def test_timeline_gives_deltas_latency_and_merge_duration_per_frame(
     doc = await get(http, "/api/timeline", world="w")
     assert doc["bucketed"] is False
     assert [(p["frame_from"], p["frame_to"], p["deltas"]) for p in doc["points"]] == [
-        (1, 1, 2), (2, 2, 2), (3, 3, 1), (5, 5, 1)]  # fmt: skip
+        (1, 1, 2),
+        (2, 2, 2),
+        (3, 3, 1),
+        (5, 5, 1),
+    ]
     conn = await asyncpg.connect(web_world)
     try:
         rows = await conn.fetch(
@@ -72,7 +76,9 @@ async def test_timeline_gives_deltas_latency_and_merge_duration_per_frame(
     buckets = await get(http, "/api/timeline", world="w", points=2)
     assert buckets["bucketed"] is True
     assert [(p["frame_from"], p["frame_to"], p["frames"], p["deltas"]) for p in buckets["points"]] == [
-        (1, 2, 2, 4), (3, 5, 2, 2)]  # fmt: skip
+        (1, 2, 2, 4),
+        (3, 5, 2, 2),
+    ]
     window = await get(http, "/api/timeline", world="w", **{"from": 2, "to": 3})
     assert [p["frame_from"] for p in window["points"]] == [2, 3]
 
@@ -111,8 +117,15 @@ async def test_state_pages_by_key_and_equals_the_sql_state(http: httpx.AsyncClie
     after = None
     pages = 0
     while True:
-        doc = await get(http, "/api/state", world="many", kind="post", frame=2, limit=7,
-                        **({"after": after} if after else {}))  # fmt: skip
+        doc = await get(
+            http,
+            "/api/state",
+            world="many",
+            kind="post",
+            frame=2,
+            limit=7,
+            **({"after": after} if after else {}),
+        )
         pages += 1
         seen += doc["items"]
         after = doc["next"]
@@ -157,8 +170,15 @@ async def test_a_search_looks_at_a_bounded_number_of_entities_per_request(
     requests = 0
     after = None
     while True:
-        doc = await get(http, "/api/state", world="many", kind="post", frame=2, key="9",
-                        **({"after": after} if after else {}))  # fmt: skip
+        doc = await get(
+            http,
+            "/api/state",
+            world="many",
+            kind="post",
+            frame=2,
+            key="9",
+            **({"after": after} if after else {}),
+        )
         requests += 1
         assert doc["search"]["scanned"] <= 8
         found += [i["key"] for i in doc["items"]]
@@ -194,8 +214,16 @@ async def test_diff_pages_by_key(http: httpx.AsyncClient) -> None:
     keys: list[str] = []
     after = None
     while True:
-        doc = await get(http, "/api/diff", world="many", a=1, b=2, kind="post", limit=4,
-                        **({"after": after} if after else {}))  # fmt: skip
+        doc = await get(
+            http,
+            "/api/diff",
+            world="many",
+            a=1,
+            b=2,
+            kind="post",
+            limit=4,
+            **({"after": after} if after else {}),
+        )
         assert all(i["change"] == "changed" for i in doc["items"])
         keys += [i["key"] for i in doc["items"]]
         after = doc["next"]
@@ -255,8 +283,14 @@ async def test_blame_of_a_deferred_late_delta_names_both_frames(http: httpx.Asyn
     doc = await get(http, "/api/entity", world="d", kind="post", key="7")
     [title] = [f for f in doc["fields"] if f["field"] == "title"]
     assert title["value"] == "late" and title["frame"] == 2
-    assert title["delta"] == {"into_frame": 2, "frame": 1, "stream_id": "s2", "utc": at(5).isoformat(),
-                              "delta_key": "posts_updated", "position": 1}  # fmt: skip
+    assert title["delta"] == {
+        "into_frame": 2,
+        "frame": 1,
+        "stream_id": "s2",
+        "utc": at(5).isoformat(),
+        "delta_key": "posts_updated",
+        "position": 1,
+    }
 
 
 async def test_blame_reads_every_item_when_the_key_filter_misses(

@@ -55,6 +55,7 @@ async def sim_world(dreamcatcher_server_dsn: str, dreamcatcher_template_db: str)
     with scratch_database(dreamcatcher_server_dsn, dreamcatcher_template_db) as dsn:
         await apply_rules(dsn, "sim", SIM, from_frame=0)
         await apply_rules(dsn, "sim", SIM_FIRST, from_frame=3)
+        # a table, one delta per row (stream, frame, second, payload): kept as rows by fmt: skip
         deltas: list[tuple[str, int, float, dict[str, Any]]] = [
             ("a", 1, 1, {"units_spawned": [{"id": 1, "x": 0, "hp": 10}],
                          "votes": [{"target": "p", "voter": "v"}]}),

@@ -34,8 +34,11 @@ def web_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple
     """``python -m dreamcatcher_pg ARGS`` until it prints its URL; killed (if still running) after."""
     with subprocess.Popen(
         [sys.executable, "-m", "dreamcatcher_pg", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    ) as proc:  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         try:
             line = proc.stdout.readline()

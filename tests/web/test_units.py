@@ -73,8 +73,15 @@ def test_items_are_grouped_by_the_merge_that_took_them_in_order() -> None:
 
 def test_every_kind_of_the_built_in_rules_has_its_policy() -> None:
     rules = default_rules()
-    expected = {"post": Policy.LAST, "agent": Policy.LAST, "comment": Policy.FIRST, "reaction": Policy.FIRST,
-                "chapter": Policy.FIRST, "book": Policy.DERIVED, "observation": Policy.FIRST}  # fmt: skip
+    expected = {
+        "post": Policy.LAST,
+        "agent": Policy.LAST,
+        "comment": Policy.FIRST,
+        "reaction": Policy.FIRST,
+        "chapter": Policy.FIRST,
+        "book": Policy.DERIVED,
+        "observation": Policy.FIRST,
+    }
     assert {k.name: rule_for(rules, k.name).policy for k in rules.kinds} == expected
     assert rule_for(rules, "post").keys == ("posts_created", "posts_updated")
     assert rule_for(rules, "a kind of tomorrow").policy is Policy.DERIVED
