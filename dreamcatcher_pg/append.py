@@ -140,3 +140,23 @@ def is_merged(world: str, frame: int, row: Mapping[str, Any] | None) -> bool:
             frame=frame,
         )
     return False
+
+
+def next_wait(
+    world: str,
+    frame: int,
+    timeout: float | None,
+    deadline: float | None,
+    now: float,
+    poll: float,
+    lost: BaseException | None,
+) -> float:
+    """``wait_merged``'s next wait for a NOTIFY before it looks again: ``poll``, or what is left
+    before ``deadline``; :class:`TimeoutError` once past it (caused by ``lost``, the connection
+    error of the last look, if any)."""
+    if deadline is None:
+        return poll
+    remaining = deadline - now
+    if remaining <= 0:
+        raise TimeoutError(f"frame {frame} of world {world!r} not merged within {timeout}s") from lost
+    return min(poll, remaining)

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from .append import batch_receipts, copy_batch, is_merged, prepare_batch, receipt
+from .append import batch_receipts, copy_batch, is_merged, next_wait, prepare_batch, receipt
 from .db.connect import READ_COMMITTED, connect, create_pool, listen
 from .db.connect import session_settings as connection_settings
 from .db.queries import query
@@ -366,13 +366,6 @@ class DeltaClient:
                 lost = None
                 if is_merged(self.world, frame, row):
                     return
-            wait = poll
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"frame {frame} of world {self.world!r} not merged within {timeout}s"
-                    ) from lost
-                wait = min(wait, remaining)
+            wait = next_wait(self.world, frame, timeout, deadline, loop.time(), poll, lost)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), wait)

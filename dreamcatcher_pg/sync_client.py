@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .append import COPY_COLUMNS, batch_receipts, is_merged, prepare_batch, receipt
+from .append import COPY_COLUMNS, batch_receipts, is_merged, next_wait, prepare_batch, receipt
 from .client import MERGED_CHANNEL, session_settings
 from .db.queries import query
 from .errors import ConnectionLostError, DreamcatcherError, FrameClosedError, map_db_error
@@ -382,15 +382,7 @@ class SyncDeltaClient:
                 lost = None
                 if is_merged(self.world, frame, found):
                     return
-            wait = poll
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"frame {frame} of world {self.world!r} not merged within {timeout}s"
-                    ) from lost
-                wait = min(wait, remaining)
-            self._wait_notify(wait)
+            self._wait_notify(next_wait(self.world, frame, timeout, deadline, time.monotonic(), poll, lost))
 
     def _wait_notify(self, wait: float) -> None:
         """Up to ``wait`` seconds for a NOTIFY of a merge (any: the caller checks its frame)."""
