@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConnectionLostError, DatabaseError, DreamcatcherError
+from ..errors import DRIVER_ERRORS, ConnectionLostError, DatabaseError, DreamcatcherError, map_db_error
 from ..settings import Settings
 
 #: The libpq variables that name a server; with any of them set, ``postgresql://`` is the DSN
@@ -123,14 +123,18 @@ def globals_on_every_command(sub: argparse._SubParsersAction[argparse.ArgumentPa
                 globals_on_every_command(action)
 
 
+def _unmapped_to_ours(exc: BaseException) -> BaseException:
+    """A driver error that reached the command unmapped, as ours (OSError stays: it may be a file's)."""
+    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
+        return map_db_error(exc)
+    return exc
+
+
 def exit_status(exc: BaseException) -> int | None:
     """The exit status of an error the command reports in one line (None: a bug, re-raised)."""
-    from ..errors import DRIVER_ERRORS, map_db_error
-
     if isinstance(exc, NoServerError):
         return EXIT_USAGE
-    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
-        exc = map_db_error(exc)  # a driver error that reached the command unmapped
+    exc = _unmapped_to_ours(exc)
     if isinstance(exc, ConnectionLostError | ConnectionError | socket.gaierror):  # raw: a connect's
         return EXIT_UNREACHABLE
     if isinstance(exc, DatabaseError) and (exc.sqlstate or "")[:2] in AUTH_SQLSTATE_CLASSES:
@@ -142,8 +146,4 @@ def exit_status(exc: BaseException) -> int | None:
 
 def error_line(exc: BaseException) -> str:
     """The error as one line (a driver's message can span several: its detail and hint)."""
-    from ..errors import DRIVER_ERRORS, map_db_error
-
-    if isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, OSError):
-        exc = map_db_error(exc)
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return " ".join(str(_unmapped_to_ours(exc)).split()) or type(exc).__name__
