@@ -24,10 +24,40 @@ from .validation import check_batch_limits
 COPY_COLUMNS = ("world", "frame", "stream_id", "utc", "payload")
 
 
+class SeenFrames:
+    """The frames a client knows to have their row in ``frame_log`` (a row is never removed).
+
+    A batch whose frame has no row yet would make it in its own transaction, and every other
+    writer of that frame would wait for that transaction's COMMIT: the client first makes the
+    rows in a short transaction of their own (``open_frames``), once per frame. Bounded: when it
+    holds :attr:`LIMIT` frames it starts again (a forgotten frame costs one more round trip).
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._frames: set[int] = set()
+
+    def unseen(self, frames: list[int]) -> bool:
+        """True when one of ``frames`` (distinct) may have no row yet."""
+        return not self._frames.issuperset(frames)
+
+    def add(self, frames: list[int]) -> None:
+        if len(self._frames) + len(frames) > self.LIMIT:
+            self._frames.clear()
+        self._frames.update(frames)
+
+
 async def copy_batch(
-    conn: asyncpg.Connection, world: str, stream_id: str, prepared: list[tuple[PreparedDelta, str]]
+    conn: asyncpg.Connection,
+    world: str,
+    stream_id: str,
+    prepared: list[tuple[PreparedDelta, str]],
+    seen: SeenFrames | None = None,
 ) -> list[str] | CopyMode:
     """Append a batch by COPY: the statuses, or :data:`CopyMode.DENIED` when this role may not.
+
+    A frame not in ``seen`` gets its row first, in a transaction of its own (``open_frames``).
 
     When a frame of the batch is closed or late, the fence is held already: the statuses
     are append_deltas' (the reference), so the COPY path only ever answers "stored" for every
@@ -35,8 +65,12 @@ async def copy_batch(
     frame, no right to INSERT) are the caller's to handle.
     """
     frames = [d.frame for d, _ in prepared]
+    distinct = list(set(frames))
+    if seen is not None and seen.unseen(distinct):
+        await conn.fetchval(query("open_frames"), world, distinct)
+        seen.add(distinct)
     async with conn.transaction(isolation="read_committed"):
-        mode = await conn.fetchval(query("copy_begin"), world, stream_id, list(set(frames)))
+        mode = await conn.fetchval(query("copy_begin"), world, stream_id, distinct)
         if mode == CopyMode.COPY:
             await conn.copy_records_to_table(
                 "delta_log",

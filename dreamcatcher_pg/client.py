@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from .append import batch_receipts, copy_batch, is_merged, next_wait, prepare_batch, receipt
+from .append import SeenFrames, batch_receipts, copy_batch, is_merged, next_wait, prepare_batch, receipt
 from .db.connect import READ_COMMITTED, connect, create_pool, listen
 from .db.connect import session_settings as connection_settings
 from .db.queries import query
@@ -37,7 +37,7 @@ from .errors import (
     FrameClosedError,
     map_db_error,
 )
-from .models import CopyMode, PreparedDelta, Receipt, WorldConfig, prepare_delta
+from .models import CopyMode, InsertStatus, PreparedDelta, Receipt, WorldConfig, prepare_delta
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, env_max_payload_bytes
 from .validation import check_frame, validate_identity
 from .worlds import configure_world
@@ -47,6 +47,7 @@ __all__ = ["DeltaClient", "configure_world", "session_settings"]
 log = logging.getLogger(__name__)
 
 MERGED_CHANNEL = "dreamcatcher_merged"
+_APPEND_OPEN = query("append_open")
 
 
 def session_settings(world: str, stream_id: str) -> dict[str, str]:
@@ -98,6 +99,10 @@ class DeltaClient:
         self._turn = asyncio.Lock()
         #: False once the server said this session may not COPY into the log (then: append_deltas)
         self._copy_ok = True
+        #: False once the server said this session may not call append_open (then: append_delta)
+        self._open_ok = True
+        #: the frames known to have their row (a batch makes the others first: open_frames)
+        self._seen_frames = SeenFrames()
         self._listener: asyncpg.Connection | None = None
         self._listener_lock = asyncio.Lock()
         self._merged_event = asyncio.Event()
@@ -218,10 +223,41 @@ class DeltaClient:
         delta, text = prepare_delta(
             frame, payload, utc, stream_id=self.stream_id, max_payload_bytes=self._max_payload_bytes
         )
+        if self._open_ok and await self._append_open(delta, text):
+            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, InsertStatus.STORED)
         status = await self._call(
             query("append_delta"), self.world, self.stream_id, delta.frame, delta.utc, text
         )
         return self._receipt(delta, status)
+
+    async def _append_open(self, delta: PreparedDelta, text: str) -> bool:
+        """The common case in one cheap call (``append_open``): True when the delta was stored.
+
+        False leaves it to ``append_delta``, the reference, which decides every other case: the
+        frame is not open (or has no row yet), the key is stored already (a retry: duplicate or
+        conflict), the connection was lost (a delta that did commit then reads "duplicate"), or
+        this session may not INSERT into the log (a worker of ``init --roles``: never again).
+        """
+        args = (self.world, self.stream_id, delta.frame, delta.utc, text)
+        try:
+            if self._pool is None:
+                async with self._turn:
+                    conn = self._conn
+                    if conn is None or conn.is_closed():
+                        conn = await self._connection()
+                    return await conn.fetchval(_APPEND_OPEN, *args) is True
+            async with self._pool.acquire() as pooled:
+                return await pooled.fetchval(_APPEND_OPEN, *args) is True
+        except (asyncpg.UniqueViolationError, ConnectionLostError):
+            return False
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError):
+            self._open_ok = False
+            return False
+        except DRIVER_ERRORS as exc:
+            err = map_db_error(exc)
+            if isinstance(err, ConnectionLostError):
+                return False
+            raise err from exc
 
     async def insert_deltas(self, deltas: Iterable[Mapping[str, Any]]) -> list[Receipt]:
         """Append a batch in one transaction: items ``{"frame", "payload", "utc"?}``.
@@ -258,7 +294,7 @@ class DeltaClient:
         """
         try:
             async with self._session() as conn:
-                answer = await copy_batch(conn, self.world, self.stream_id, prepared)
+                answer = await copy_batch(conn, self.world, self.stream_id, prepared, self._seen_frames)
             if isinstance(answer, CopyMode):  # DENIED: this role appends through append_deltas only
                 self._copy_ok = False
                 return None

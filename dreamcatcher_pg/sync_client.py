@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .append import COPY_COLUMNS, batch_receipts, is_merged, next_wait, prepare_batch, receipt
+from .append import COPY_COLUMNS, SeenFrames, batch_receipts, is_merged, next_wait, prepare_batch, receipt
 from .client import MERGED_CHANNEL, session_settings
 from .db.queries import query
 from .errors import ConnectionLostError, DreamcatcherError, FrameClosedError, map_db_error
@@ -97,6 +97,8 @@ class SyncDeltaClient:
         self._turn = threading.RLock()
         #: False once the server said this session may not COPY into the log (then: append_deltas)
         self._copy_ok = True
+        #: the frames known to have their row (a batch makes the others first: open_frames)
+        self._seen_frames = SeenFrames()
         self._listener: Connection | None = None
         self._listener_lock = threading.Lock()
 
@@ -260,11 +262,15 @@ class SyncDeltaClient:
         to ``append_deltas``, whose answers are the reference.
         """
         frames = [d.frame for d, _ in prepared]
+        distinct = list(set(frames))
         try:
             with self._turn:
                 conn = self._connection()
+                if self._seen_frames.unseen(distinct):  # (autocommit: the rows commit at once)
+                    conn.execute(query("open_frames"), (self.world, distinct))
+                    self._seen_frames.add(distinct)
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.execute(query("copy_begin"), (self.world, self.stream_id, list(set(frames))))
+                    cur.execute(query("copy_begin"), (self.world, self.stream_id, distinct))
                     found = cur.fetchone()
                     mode = None if found is None else found[0]
                     if mode == "copy":

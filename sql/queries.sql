@@ -3,8 +3,16 @@
 -- name: append_delta
 SELECT dreamcatcher.append_delta($1, $2, $3, $4, $5::text::jsonb);
 
+-- name: append_open
+-- The common case of append_delta (frame open, key new): true when stored; else ask append_delta.
+SELECT dreamcatcher.append_open($1, $2, $3, $4, $5::text::jsonb);
+
 -- name: append_deltas
 SELECT dreamcatcher.append_deltas($1, $2, $3::bigint[], $4::timestamptz[], $5::text[]::jsonb[]);
+
+-- name: open_frames
+-- Before a batch's transaction, in one of its own: the rows of the batch's frames ($2, each once).
+SELECT dreamcatcher.open_frames($1, $2::bigint[]);
 
 -- name: copy_begin
 -- In the transaction of a COPY into delta_log: the fence of the batch (see copy_begin in sql/migrations/).

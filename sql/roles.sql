@@ -204,6 +204,9 @@ REVOKE EXECUTE ON FUNCTION dreamcatcher.close_frame(text, bigint, text) FROM PUB
 -- through append_deltas, and may not take the frame locks this function takes)
 REVOKE EXECUTE ON FUNCTION dreamcatcher.copy_begin(text, text, bigint[], timestamptz[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dreamcatcher.copy_begin(text, text, bigint[]) FROM PUBLIC;
+-- (the same for the cheap path of a single insert: a worker appends through append_delta)
+REVOKE EXECUTE ON FUNCTION dreamcatcher.append_open(text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dreamcatcher.open_frames(text, bigint[]) FROM PUBLIC;
 -- a standby merger ends the session of a silent leader of another login (only that one)
 ALTER FUNCTION dreamcatcher.end_silent_leader(text, float8)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -333,6 +333,8 @@ async def test_worker_cannot_touch_the_log_the_state_the_locks_or_the_roles(cast
             "UPDATE dreamcatcher.delta_log SET payload = '{}'",
             "DELETE FROM dreamcatcher.delta_log",
             "TRUNCATE dreamcatcher.delta_log",
+            # nor the cheap path of sessions that may write it (the client falls back by itself)
+            "SELECT dreamcatcher.append_open('w', 's1', 1, now(), '{}')",
             # the merger's work
             "SELECT dreamcatcher.merge_frame('w', 1)",
             "SELECT dreamcatcher.claim_next_frame('w')",
@@ -515,6 +517,8 @@ async def test_merger_merges_closes_due_frames_and_cannot_write_the_log(cast: Ca
             "UPDATE dreamcatcher.delta_log SET payload = '{}'",
             "DELETE FROM dreamcatcher.delta_log",
             "TRUNCATE dreamcatcher.delta_log",
+            # nor the cheap path of sessions that may write it (the client falls back by itself)
+            "SELECT dreamcatcher.append_open('w', 's1', 1, now(), '{}')",
             "SELECT dreamcatcher.append_delta('w', 's1', 9, now(), '{}')",  # it owns no stream
             "SELECT dreamcatcher.append_deltas('w', 's1', '{9}', ARRAY[now()], '{\"{}\"}')",
             "SELECT dreamcatcher.grant_stream('w', 'm', session_user)",
