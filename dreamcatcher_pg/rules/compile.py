@@ -11,7 +11,7 @@ from __future__ import annotations
 from .compile_merge import accum_step, contents_step, derived_step, family_step, merge_name
 from .compile_read import item_reader_sql, reader_name, reader_sql
 from .model import Kind, RuleSet
-from .sqltext import dollar_quote, int_list, lit
+from .sqltext import as_list, dollar_quote, int_list, lit
 
 SETTINGS = (
     # JIT compiles for seconds on plans it cannot estimate; a merge never gains from it
@@ -141,7 +141,7 @@ BEGIN
             CROSS JOIN LATERAL (SELECT {_rank_case(rules)} AS rank OFFSET 0) r
             WHERE NOT dreamcatcher.is_meta_key(kk.key)
             OFFSET 0) k
-        CROSS JOIN LATERAL jsonb_array_elements(dreamcatcher.jlist(k.v)) WITH ORDINALITY AS x(item, pos)
+        CROSS JOIN LATERAL jsonb_array_elements({as_list("k.v")}) WITH ORDINALITY AS x(item, pos)
     ),
     items AS MATERIALIZED (
         SELECT x.frame, x.utc, x.stream_id, x.rank, x.pos, x.key,

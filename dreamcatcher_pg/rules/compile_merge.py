@@ -15,7 +15,7 @@ items in one frame is folded with ``jsonb_fold_many`` (linear) instead of ``json
 from __future__ import annotations
 
 from .model import Kind, RuleSet
-from .sqltext import fn_name, lit, lit_array
+from .sqltext import as_list, fn_name, lit, lit_array
 
 ORDER = "w.frame, w.utc, w.stream_id, w.rank, w.pos"
 ORDER_DESC = "w.frame DESC, w.utc DESC, w.stream_id DESC, w.rank DESC, w.pos DESC"
@@ -133,7 +133,7 @@ def accum_step(name: str, kind: Kind, materialized: bool) -> str:
                 f"                    FROM jsonb_array_elements(jsonb_build_array(b.base -> {q})"
                 f" || coalesce(p.s{j}, '[]'::jsonb)) AS r(v)\n"
                 "                    CROSS JOIN LATERAL\n"
-                "                        jsonb_array_elements(dreamcatcher.jlist(r.v)) AS x(e)) u)"
+                f"                        jsonb_array_elements({as_list('r.v')}) AS x(e)) u)"
             )
         parts.append(
             f"CASE WHEN coalesce(p.h{j}, false) OR b.base ? {q} THEN jsonb_build_object({q}, {value}) "

@@ -44,3 +44,14 @@ def dollar_quote(body: str, tag: str) -> str:
     if quote in body:  # it would have to contain the hash of itself
         raise ValueError("a rules file may not contain its own dollar-quote tag")
     return f"{quote}{body}{quote}"
+
+
+def as_list(expr: str) -> str:
+    """``dreamcatcher.jlist(expr)`` written out: an array as it is, null as ``[]``, anything else
+    as a one-element array. ``expr`` must be a column reference (it is read three times). As an
+    argument of a set-returning function in FROM, the SQL function is not inlined by PostgreSQL:
+    written out, the explode step of a 10,000-delta merge took 34-51 ms instead of 63-97."""
+    return (
+        f"CASE jsonb_typeof({expr}) WHEN 'array' THEN {expr} WHEN 'null' THEN '[]'::jsonb "
+        f"ELSE jsonb_build_array({expr}) END"
+    )
