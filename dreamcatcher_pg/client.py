@@ -8,9 +8,11 @@ A worker appends deltas for its stream; it never writes state::
         await dc.wait_merged(515, timeout=5.0)
 
 Every insert is one round trip to a SQL function that holds the frame's fence
-(a shared advisory lock) while it checks the frame and appends; a batch is one
-transaction (the fence, then a COPY into the log, when the login may write the
-table itself; otherwise one call of ``append_deltas``). A retry of the
+(a shared advisory lock) while it checks the frame and appends: ``append_open``
+for the common case (the frame open, the key new), else ``append_delta``. A
+batch is one transaction (the fence, then a COPY into the log, when the login
+may write the table itself; otherwise one call of ``append_deltas``), after the
+rows of frames the client has not seen were made in one of their own. A retry of the
 same delta (same utc) is recognised and reported as ``"duplicate"``, so
 retrying after a lost connection is always safe.
 """

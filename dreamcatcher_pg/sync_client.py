@@ -9,10 +9,10 @@ gives them the same methods, validation, errors, retries and receipts, over psyc
         dc.close_frame(515)
         dc.wait_merged(515, timeout=5.0)
 
-It calls the same SQL as the async client (``append_delta``, ``copy_begin`` then COPY,
-``append_deltas``, ``close_frame``, ``configure_world``; ``wait_merged`` LISTENs for the
-merger's NOTIFY), validates at the edge with the same code and maps driver errors through the
-same SQLSTATE table (:func:`dreamcatcher_pg.errors.map_db_error`).
+It calls the same SQL as the async client (``append_open``, else ``append_delta``; ``open_frames``,
+``copy_begin`` then COPY, else ``append_deltas``; ``close_frame``, ``configure_world``;
+``wait_merged`` LISTENs for the merger's NOTIFY), validates at the edge with the same code
+and maps driver errors through the same SQLSTATE table (:func:`dreamcatcher_pg.errors.map_db_error`).
 
 Threads: a client may be shared by threads; its calls then take turns on its one connection
 (a lock), as the async client's calls take turns on its connection. For parallel inserts give
@@ -38,7 +38,7 @@ from .append import COPY_COLUMNS, SeenFrames, batch_receipts, is_merged, next_wa
 from .client import MERGED_CHANNEL, session_settings
 from .db.queries import query
 from .errors import ConnectionLostError, DreamcatcherError, FrameClosedError, map_db_error
-from .models import PreparedDelta, Receipt, WorldConfig, prepare_delta
+from .models import InsertStatus, PreparedDelta, Receipt, WorldConfig, prepare_delta
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 from .validation import check_frame, validate_identity
 from .worlds import configure_world_args, world_config
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 #: What psycopg raises when a call fails: errors of the server, of the socket, of the driver.
 SYNC_DRIVER_ERRORS = (OSError, psycopg.Error)
 
+_APPEND_OPEN = query("append_open")
 _COPY_SQL = sql.SQL("COPY dreamcatcher.delta_log ({}) FROM STDIN").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
 )
@@ -99,6 +100,8 @@ class SyncDeltaClient:
         self._copy_ok = True
         #: the frames known to have their row (a batch makes the others first: open_frames)
         self._seen_frames = SeenFrames()
+        #: False once the server said this session may not call append_open (then: append_delta)
+        self._open_ok = True
         self._listener: Connection | None = None
         self._listener_lock = threading.Lock()
 
@@ -228,8 +231,31 @@ class SyncDeltaClient:
         delta, text = prepare_delta(
             frame, payload, utc, stream_id=self.stream_id, max_payload_bytes=self._max_payload_bytes
         )
+        if self._open_ok and self._append_open(delta, text):
+            return Receipt(self.world, delta.frame, self.stream_id, delta.utc, InsertStatus.STORED)
         status = self._call(query("append_delta"), self.world, self.stream_id, delta.frame, delta.utc, text)
         return receipt(self.world, self.stream_id, delta, status)
+
+    def _append_open(self, delta: PreparedDelta, text: str) -> bool:
+        """The common case in one cheap call (``append_open``): True when the delta was stored;
+        False leaves it to ``append_delta``, the reference (as :class:`DeltaClient` does)."""
+        try:
+            with self._turn:
+                conn = self._connection()
+                with conn.cursor() as cur:
+                    cur.execute(_APPEND_OPEN, (self.world, self.stream_id, delta.frame, delta.utc, text))
+                    found = cur.fetchone()
+            return found is not None and found[0] is True
+        except (psycopg.errors.UniqueViolation, ConnectionLostError):
+            return False
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+            self._open_ok = False  # a worker of `init --roles`: append_delta from now on
+            return False
+        except SYNC_DRIVER_ERRORS as exc:
+            err = map_sync_error(exc)
+            if isinstance(err, ConnectionLostError):
+                return False
+            raise err from exc
 
     def insert_deltas(self, deltas: Iterable[Mapping[str, Any]]) -> list[Receipt]:
         """Append a batch in one transaction: items ``{"frame", "payload", "utc"?}``.

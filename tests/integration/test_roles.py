@@ -162,6 +162,29 @@ async def test_worker_appends_its_own_stream_closes_its_frame_and_sees_it_merged
         assert not await conn.fetchval("SELECT dreamcatcher.session_owns_stream($1, 's2')", W)
 
 
+async def test_a_sync_worker_appends_through_the_entry_points_it_may_call(cast: Cast) -> None:
+    """SyncDeltaClient tries append_open and open_frames first; a worker may call neither, and
+    the client falls back to append_delta and append_deltas, every answer as usual."""
+    from dreamcatcher_pg import SyncDeltaClient
+
+    def work() -> None:
+        with SyncDeltaClient.connect(cast.url(cast.worker), stream_id="s1", world=W) as dc:
+            payload = {"posts_created": [{"number": 1, "title": "t"}]}
+            assert dc.insert_delta(1, payload, utc=at(1)).status == "stored"
+            assert dc.insert_delta(1, payload, utc=at(1)).status == "duplicate"
+            assert dc.insert_delta(1, {"observations": [{"id": "o"}]}, utc=at(2)).status == "stored"
+            batch = [
+                {"frame": 2, "payload": {"observations": [{"id": f"b{n}"}]}, "utc": at(10 + n)}
+                for n in range(3)
+            ]
+            assert [r.status for r in dc.insert_deltas(batch)] == ["stored"] * 3
+            assert [r.status for r in dc.insert_deltas(batch)] == ["duplicate"] * 3
+
+    await asyncio.to_thread(work)
+    async with connect(cast.url(cast.worker)) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dreamcatcher.deltas") == 5
+
+
 async def test_worker_cannot_write_a_stream_it_does_not_own(cast: Cast) -> None:
     async with DeltaClient.connect(cast.url(cast.worker), stream_id="s1", world=W) as mine:
         await mine.insert_delta(5, {"observations": [1]}, utc=at(1))
