@@ -48,12 +48,19 @@ class SeenFrames:
         self._frames.update(frames)
 
 
+#: SQLSTATEs of a failed ``append_open`` that leave the delta to ``append_delta``, the reference:
+#: the key is stored already (it answers duplicate or conflict); and, from then on, this session
+#: may not call it (a worker of ``init --roles``) or the function is not there.
+OPEN_FALLBACK = frozenset({"23505", "42501", "42883"})
+OPEN_NEVER_AGAIN = frozenset({"42501", "42883"})
+
+
 async def copy_batch(
     conn: asyncpg.Connection,
     world: str,
     stream_id: str,
     prepared: list[tuple[PreparedDelta, str]],
-    seen: SeenFrames | None = None,
+    seen: SeenFrames,
 ) -> list[str] | CopyMode:
     """Append a batch by COPY: the statuses, or :data:`CopyMode.DENIED` when this role may not.
 
@@ -66,7 +73,7 @@ async def copy_batch(
     """
     frames = [d.frame for d, _ in prepared]
     distinct = list(set(frames))
-    if seen is not None and seen.unseen(distinct):
+    if seen.unseen(distinct):
         await conn.fetchval(query("open_frames"), world, distinct)
         seen.add(distinct)
     async with conn.transaction(isolation="read_committed"):

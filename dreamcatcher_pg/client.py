@@ -28,7 +28,17 @@ from typing import Any, cast
 
 import asyncpg
 
-from .append import SeenFrames, batch_receipts, copy_batch, is_merged, next_wait, prepare_batch, receipt
+from .append import (
+    OPEN_FALLBACK,
+    OPEN_NEVER_AGAIN,
+    SeenFrames,
+    batch_receipts,
+    copy_batch,
+    is_merged,
+    next_wait,
+    prepare_batch,
+    receipt,
+)
 from .db.connect import READ_COMMITTED, connect, create_pool, listen
 from .db.connect import session_settings as connection_settings
 from .db.queries import query
@@ -240,24 +250,19 @@ class DeltaClient:
         conflict), the connection was lost (a delta that did commit then reads "duplicate"), or
         this session may not INSERT into the log (a worker of ``init --roles``: never again).
         """
-        args = (self.world, self.stream_id, delta.frame, delta.utc, text)
         try:
-            if self._pool is None:
-                async with self._turn:
-                    conn = self._conn
-                    if conn is None or conn.is_closed():
-                        conn = await self._connection()
-                    return await conn.fetchval(_APPEND_OPEN, *args) is True
-            async with self._pool.acquire() as pooled:
-                return await pooled.fetchval(_APPEND_OPEN, *args) is True
-        except (asyncpg.UniqueViolationError, ConnectionLostError):
-            return False
-        except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError):
-            self._open_ok = False
+            async with self._session() as conn:
+                stored = await conn.fetchval(
+                    _APPEND_OPEN, self.world, self.stream_id, delta.frame, delta.utc, text
+                )
+            return stored is True
+        except ConnectionLostError:  # (the connection could not be opened again)
             return False
         except DRIVER_ERRORS as exc:
+            state = getattr(exc, "sqlstate", None)
+            self._open_ok = state not in OPEN_NEVER_AGAIN
             err = map_db_error(exc)
-            if isinstance(err, ConnectionLostError):
+            if state in OPEN_FALLBACK or isinstance(err, ConnectionLostError):
                 return False
             raise err from exc
 

@@ -34,7 +34,17 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .append import COPY_COLUMNS, SeenFrames, batch_receipts, is_merged, next_wait, prepare_batch, receipt
+from .append import (
+    COPY_COLUMNS,
+    OPEN_FALLBACK,
+    OPEN_NEVER_AGAIN,
+    SeenFrames,
+    batch_receipts,
+    is_merged,
+    next_wait,
+    prepare_batch,
+    receipt,
+)
 from .client import MERGED_CHANNEL, session_settings
 from .db.queries import query
 from .errors import ConnectionLostError, DreamcatcherError, FrameClosedError, map_db_error
@@ -246,14 +256,13 @@ class SyncDeltaClient:
                     cur.execute(_APPEND_OPEN, (self.world, self.stream_id, delta.frame, delta.utc, text))
                     found = cur.fetchone()
             return found is not None and found[0] is True
-        except (psycopg.errors.UniqueViolation, ConnectionLostError):
-            return False
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
-            self._open_ok = False  # a worker of `init --roles`: append_delta from now on
+        except ConnectionLostError:  # (the connection could not be opened again)
             return False
         except SYNC_DRIVER_ERRORS as exc:
+            state = getattr(exc, "sqlstate", None)
+            self._open_ok = state not in OPEN_NEVER_AGAIN
             err = map_sync_error(exc)
-            if isinstance(err, ConnectionLostError):
+            if state in OPEN_FALLBACK or isinstance(err, ConnectionLostError):
                 return False
             raise err from exc
 
